@@ -1,0 +1,3 @@
+//! Placeholder: config.
+/// Placeholder.
+pub struct LoadBalancerConfig;

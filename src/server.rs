@@ -1,0 +1,3 @@
+//! Placeholder: server.
+/// Placeholder.
+pub struct LoadBalancer;
