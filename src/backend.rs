@@ -141,11 +141,7 @@ impl UpstreamUrl {
             ));
         }
         let (host, port) = split_host_port(authority).map_err(|e| format!("{url:?}: {e}"))?;
-        Ok(Self {
-            scheme,
-            host,
-            port,
-        })
+        Ok(Self { scheme, host, port })
     }
 
     /// Resolves the host (blocking DNS for names; done once, when the backend is created).
@@ -163,9 +159,7 @@ impl UpstreamUrl {
 
 fn split_host_port(authority: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or("unclosed '[' in IPv6 address")?;
+        let (host, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
         match after {
             "" => (host, None),
             p => (
@@ -450,7 +444,10 @@ mod tests {
             ("http://127.0.0.1:8001/", Ok(("127.0.0.1", 8001))),
             ("HTTP://10.0.0.1", Ok(("10.0.0.1", 80))),
             ("http://[::1]:9000", Ok(("::1", 9000))),
-            ("http://web1.example.com:8001", Ok(("web1.example.com", 8001))),
+            (
+                "http://web1.example.com:8001",
+                Ok(("web1.example.com", 8001)),
+            ),
             ("127.0.0.1:8001", Err("not a URL")),
             ("https://a:1", Err("not supported yet")),
             ("ftp://a:1", Err("scheme must be http")),
@@ -477,10 +474,19 @@ mod tests {
         let ok = BackendServer::new("web-1.a_b", "http://127.0.0.1:1");
         assert_eq!(ok.validate(), Ok("127.0.0.1:1".parse().unwrap()));
         let cases = [
-            (BackendServer::new("", "http://127.0.0.1:1"), "id: must not be empty"),
-            (BackendServer::new("a b", "http://127.0.0.1:1"), "id: \"a b\""),
+            (
+                BackendServer::new("", "http://127.0.0.1:1"),
+                "id: must not be empty",
+            ),
+            (
+                BackendServer::new("a b", "http://127.0.0.1:1"),
+                "id: \"a b\"",
+            ),
             (ok.clone().with_weight(0), "weight: must be between 1"),
-            (ok.clone().with_weight(MAX_WEIGHT + 1), "weight: must be between 1"),
+            (
+                ok.clone().with_weight(MAX_WEIGHT + 1),
+                "weight: must be between 1",
+            ),
             (BackendServer::new("a", "nope"), "url: "),
         ];
         for (server, want) in cases {
@@ -515,13 +521,23 @@ mod tests {
     #[test]
     fn registry_rejects_duplicates_and_keeps_state_across_changes() {
         let reg = Registry::new();
-        let a = reg.add(BackendServer::new("a", "http://127.0.0.1:1")).unwrap();
+        let a = reg
+            .add(BackendServer::new("a", "http://127.0.0.1:1"))
+            .unwrap();
         let _guard = InFlightGuard::new(a.clone());
-        reg.add(BackendServer::new("b", "http://127.0.0.1:2")).unwrap();
-        let dup_id = reg.add(BackendServer::new("a", "http://127.0.0.1:3")).unwrap_err();
+        reg.add(BackendServer::new("b", "http://127.0.0.1:2"))
+            .unwrap();
+        let dup_id = reg
+            .add(BackendServer::new("a", "http://127.0.0.1:3"))
+            .unwrap_err();
         assert!(dup_id.contains("id already exists"), "{dup_id}");
-        let dup_addr = reg.add(BackendServer::new("c", "http://127.0.0.1:2")).unwrap_err();
-        assert!(dup_addr.contains("same address as backend \"b\""), "{dup_addr}");
+        let dup_addr = reg
+            .add(BackendServer::new("c", "http://127.0.0.1:2"))
+            .unwrap_err();
+        assert!(
+            dup_addr.contains("same address as backend \"b\""),
+            "{dup_addr}"
+        );
         assert!(reg.remove("b").is_some());
         assert!(reg.remove("b").is_none());
         assert_eq!(reg.len(), 1);

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use pingora_core::{Error, ErrorType, Result};
 use pingora::http::RequestHeader;
+use pingora_core::{Error, ErrorType, Result};
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::Backend;
 
@@ -212,7 +212,10 @@ impl ActiveHealthCheck {
 
     fn probe_for(&self, target: &Backend) -> Result<Arc<HttpHealthCheck>> {
         let addr = target.as_inet().copied().ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "health check of a non-inet backend")
+            Error::explain(
+                ErrorType::InternalError,
+                "health check of a non-inet backend",
+            )
         })?;
         let mut probes = match self.probes.lock() {
             Ok(p) => p,
@@ -258,8 +261,7 @@ fn host_header(url: &str) -> String {
 impl HealthCheck for ActiveHealthCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
         let probe = self.probe_for(target)?;
-        let result = match tokio::time::timeout(self.settings.timeout, probe.check(target)).await
-        {
+        let result = match tokio::time::timeout(self.settings.timeout, probe.check(target)).await {
             Ok(r) => r,
             Err(_) => Error::e_explain(
                 ErrorType::ReadTimedout,
@@ -322,7 +324,9 @@ mod tests {
             (
                 "a pass resets the fail streak",
                 &[true, false, false, true, false, false, false],
-                &[Healthy, Healthy, Healthy, Healthy, Healthy, Healthy, Unhealthy],
+                &[
+                    Healthy, Healthy, Healthy, Healthy, Healthy, Healthy, Unhealthy,
+                ],
             ),
             (
                 "rise after 2 consecutive passes",
@@ -342,7 +346,11 @@ mod tests {
                 let before = m.status();
                 let changed = m.observe(*r, t);
                 assert_eq!(m.status(), *want, "{name}: step {i}");
-                assert_eq!(changed, (before != *want).then_some(*want), "{name}: step {i}");
+                assert_eq!(
+                    changed,
+                    (before != *want).then_some(*want),
+                    "{name}: step {i}"
+                );
             }
         }
     }
@@ -369,10 +377,16 @@ mod tests {
         };
         assert!(tracker.status().admits());
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
-        assert_eq!(tracker.record(Err("refused".into()), at, t), Some(Unhealthy));
+        assert_eq!(
+            tracker.record(Err("refused".into()), at, t),
+            Some(Unhealthy)
+        );
         assert!(!tracker.status().admits());
         let last = tracker.last_check();
-        assert_eq!((last.at, last.error.as_deref()), (Some(at), Some("refused")));
+        assert_eq!(
+            (last.at, last.error.as_deref()),
+            (Some(at), Some("refused"))
+        );
         assert_eq!(tracker.record(Ok(()), at, t), Some(Healthy));
         assert_eq!(tracker.last_check().error, None);
     }

@@ -1,3 +1,339 @@
-//! Placeholder: server.
-/// Placeholder.
-pub struct LoadBalancer;
+//! The [`LoadBalancer`] facade: turns a [`LoadBalancerConfig`] into a running Pingora server.
+//!
+//! It owns the wiring and nothing else: the backend [`Registry`], pingora's load balancer
+//! (selection + health-check background service, fed by [`RegistryDiscovery`]), the proxy
+//! service on `bind_address:port` and the admin service on `admin_address`. Running blocks until
+//! a shutdown signal: Unix signals for the binary (SIGTERM graceful, SIGINT fast, SIGQUIT
+//! upgrade), or [`RunningLoadBalancer::stop`] for embedders and tests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::server::configuration::Opt;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
+
+use crate::admin::AdminApp;
+use crate::backend::{BackendServer, Registry};
+use crate::balance::{BalanceConfig, Balancer};
+use crate::config::{ConfigError, LoadBalancerConfig};
+use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
+use crate::proxy::{Proxy, ProxySettings};
+
+/// TCP connect timeout for upstream connections.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Feeds pingora's load balancer the registry's current backends.
+pub struct RegistryDiscovery {
+    registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for RegistryDiscovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let backends = self
+            .registry
+            .snapshot()
+            .iter()
+            .map(|s| s.to_backend())
+            .collect();
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// Why the load balancer could not be built or started.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// A backend could not be added.
+    Backend(String),
+    /// A listening address could not be reserved.
+    Io(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Backend(e) | StartError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+/// A load balancer: configuration plus backends, ready to run.
+pub struct LoadBalancer {
+    config: LoadBalancerConfig,
+    registry: Arc<Registry>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl LoadBalancer {
+    /// Validates `config` and registers its backends. A port of 0 (`port` or `admin_address`)
+    /// is replaced by a free port now, so [`Self::listen_addr`] and [`Self::admin_addr`] tell
+    /// where the server will listen.
+    pub fn new(config: LoadBalancerConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let registry = Arc::new(Registry::new());
+        for server in &config.backends {
+            registry.add(server.clone()).map_err(StartError::Backend)?;
+        }
+        let listen = reserve_port(SocketAddr::new(config.bind_address, config.port))?;
+        let admin = reserve_port(config.admin_address)?;
+        Ok(Self {
+            config,
+            registry,
+            listen,
+            admin,
+        })
+    }
+
+    /// Adds a backend (the seed's `AddServer`). Its id and address must be new.
+    pub fn add_server(&mut self, server: BackendServer) -> Result<(), StartError> {
+        self.registry
+            .add(server)
+            .map(|_| ())
+            .map_err(StartError::Backend)
+    }
+
+    /// Removes a backend by id; returns it if it existed.
+    pub fn remove_server(&mut self, id: &str) -> Option<BackendServer> {
+        self.registry.remove(id).map(|s| s.server.clone())
+    }
+
+    /// The configuration this load balancer runs with.
+    pub fn config(&self) -> &LoadBalancerConfig {
+        &self.config
+    }
+
+    /// The backends and their live state.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Where the proxy listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Where the admin listener (`/health`) listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Runs until a Unix signal stops it (the seed's `Start`): SIGTERM drains for
+    /// `shutdown_timeout`, SIGINT stops at once, SIGQUIT hands the listening sockets to a new
+    /// process started with `-u`. `opt` carries pingora's `-d`/`-u` flags.
+    pub fn run(self, opt: Option<Opt>) -> Result<(), StartError> {
+        self.run_with_signal(opt, Box::new(pingora::server::UnixShutdownSignalWatch))
+    }
+
+    /// Runs until `signal` says to stop.
+    pub fn run_with_signal(
+        self,
+        opt: Option<Opt>,
+        signal: Box<dyn ShutdownSignalWatch>,
+    ) -> Result<(), StartError> {
+        let server = self.build(opt)?;
+        server.run(RunArgs {
+            shutdown_signal: signal,
+        });
+        Ok(())
+    }
+
+    /// Starts on a background thread and returns once the proxy accepts connections (or after
+    /// 10 s). The returned handle stops it.
+    pub fn start(self) -> Result<RunningLoadBalancer, StartError> {
+        let (listen, admin, registry) = (self.listen, self.admin, self.registry.clone());
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let signal = NotifySignal(notify.clone());
+        let server = self.build(None)?;
+        let thread = std::thread::Builder::new()
+            .name("fulcrum".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(signal),
+                })
+            })
+            .map_err(|e| StartError::Io(format!("cannot start the server thread: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(listen).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(RunningLoadBalancer {
+            listen,
+            admin,
+            registry,
+            notify,
+            thread: Some(thread),
+        })
+    }
+
+    /// Builds the pingora server with its three services.
+    fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
+        let cfg = &self.config;
+        let server_conf = cfg.server_conf()?;
+        let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+        server.bootstrap();
+
+        let pool = build_pool(cfg, &self.registry)?;
+        let health = background_service("health checks", pool);
+        let pool = health.task();
+
+        let settings = ProxySettings {
+            strategy: cfg.strategy,
+            hash_key: cfg.hash_key.clone(),
+            max_retries: cfg.max_retries,
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: cfg.request_timeout,
+            logging_enabled: cfg.logging_enabled,
+            scheme: "http",
+        };
+        let proxy = Proxy::new(pool, self.registry.clone(), settings, random_seed());
+        let mut proxy_service =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
+        proxy_service.add_tcp(&self.listen.to_string());
+
+        let mut admin_service = Service::new("admin".to_string(), AdminApp::new(self.registry));
+        admin_service.add_tcp(&self.admin.to_string());
+        admin_service.threads = Some(1);
+
+        let health = server.add_service(health);
+        let proxy = server.add_service(proxy_service);
+        proxy.add_dependency(&health);
+        server.add_service(admin_service);
+        log::info!(
+            "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
+            self.listen,
+            cfg.strategy,
+            cfg.backends.len(),
+            self.admin
+        );
+        Ok(server)
+    }
+}
+
+/// Pingora's load balancer over the registry: the configured strategy, active health checks
+/// every `health_check_interval`, all backends checked in parallel.
+fn build_pool(
+    cfg: &LoadBalancerConfig,
+    registry: &Arc<Registry>,
+) -> Result<Pool<Balancer>, StartError> {
+    let discovery = RegistryDiscovery {
+        registry: registry.clone(),
+    };
+    let mut backends = Backends::new(Box::new(discovery));
+    backends.set_health_check(Box::new(ActiveHealthCheck::new(HealthCheckSettings {
+        path: cfg.health_check_path.clone(),
+        timeout: cfg.health_check_timeout,
+        thresholds: Thresholds {
+            healthy: cfg.healthy_threshold,
+            unhealthy: cfg.unhealthy_threshold,
+        },
+    })));
+    let balance = BalanceConfig {
+        strategy: cfg.strategy,
+        seed: random_seed(),
+    };
+    let mut pool = Pool::from_backends_with_config(backends, Some(balance));
+    pool.health_check_frequency = Some(cfg.health_check_interval);
+    pool.parallel_health_check = true;
+    // Fill the selector now, so the proxy never sees an empty backend set at startup.
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| StartError::Io(format!("cannot create a runtime: {e}")))?
+        .block_on(pool.update())
+        .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))?;
+    Ok(pool)
+}
+
+/// A seed that differs between processes (request ids, random strategies).
+fn random_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32) ^ (&nanos as *const u64 as u64)
+}
+
+/// Replaces port 0 by a port that is free now. (Pingora binds listeners itself, by address.)
+fn reserve_port(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| StartError::Io(format!("cannot find a free port on {}: {e}", addr.ip())))
+}
+
+/// A shutdown signal fired through a [`tokio::sync::Notify`] (see [`RunningLoadBalancer::stop`]).
+struct NotifySignal(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifySignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A load balancer running on a background thread (from [`LoadBalancer::start`]).
+pub struct RunningLoadBalancer {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    registry: Arc<Registry>,
+    notify: Arc<tokio::sync::Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningLoadBalancer {
+    /// Where the proxy listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Where the admin listener listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The backends and their live state.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.notify.notify_one();
+            if thread.join().is_err() {
+                log::error!("the server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunningLoadBalancer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

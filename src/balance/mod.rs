@@ -83,7 +83,10 @@ impl FromStr for Strategy {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown strategy {s:?}; expected one of {}", names.join(", "))
+                format!(
+                    "unknown strategy {s:?}; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -146,4 +149,24 @@ pub struct BalanceConfig {
     pub strategy: Strategy,
     /// Seed of the random strategies' generator (fixed in tests, from the clock in production).
     pub seed: u64,
+}
+
+// TEMPORARY stub (replaced by the balance branch)
+#[allow(missing_docs)]
+pub struct Balancer(std::sync::Arc<pingora_load_balancing::selection::RoundRobin>);
+#[allow(missing_docs)]
+pub fn max_iterations(n: usize) -> usize {
+    n * 2 + 16
+}
+impl pingora_load_balancing::selection::BackendSelection for Balancer {
+    type Iter = <pingora_load_balancing::selection::RoundRobin as pingora_load_balancing::selection::BackendSelection>::Iter;
+    type Config = BalanceConfig;
+    fn build(b: &std::collections::BTreeSet<pingora_load_balancing::Backend>) -> Self {
+        Self(std::sync::Arc::new(
+            pingora_load_balancing::selection::RoundRobin::build(b),
+        ))
+    }
+    fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
+        self.0.iter(key)
+    }
 }
