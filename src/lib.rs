@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod health;

@@ -150,7 +150,7 @@ impl LoadBalancer {
         opt: Option<Opt>,
         signal: Box<dyn ShutdownSignalWatch>,
     ) -> Result<(), StartError> {
-        let server = self.build(opt)?;
+        let (server, _pool) = self.build(opt)?;
         server.run(RunArgs {
             shutdown_signal: signal,
         });
@@ -163,7 +163,7 @@ impl LoadBalancer {
         let (listen, admin, registry) = (self.listen, self.admin, self.registry.clone());
         let notify = Arc::new(tokio::sync::Notify::new());
         let signal = NotifySignal(notify.clone());
-        let server = self.build(None)?;
+        let (server, pool) = self.build(None)?;
         let thread = std::thread::Builder::new()
             .name("fulcrum".into())
             .spawn(move || {
@@ -180,13 +180,14 @@ impl LoadBalancer {
             listen,
             admin,
             registry,
+            pool,
             notify,
             thread: Some(thread),
         })
     }
 
-    /// Builds the pingora server with its three services.
-    fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
+    /// Builds the pingora server with its three services; also returns the backend pool.
+    fn build(self, opt: Option<Opt>) -> Result<(Server, Arc<Pool<Balancer>>), StartError> {
         let cfg = &self.config;
         let server_conf = cfg.server_conf()?;
         let mut server = Server::new_with_opt_and_conf(opt, server_conf);
@@ -205,7 +206,7 @@ impl LoadBalancer {
             logging_enabled: cfg.logging_enabled,
             scheme: "http",
         };
-        let proxy = Proxy::new(pool, self.registry.clone(), settings, random_seed());
+        let proxy = Proxy::new(pool.clone(), self.registry.clone(), settings, random_seed());
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         proxy_service.add_tcp(&self.listen.to_string());
@@ -225,7 +226,7 @@ impl LoadBalancer {
             cfg.backends.len(),
             self.admin
         );
-        Ok(server)
+        Ok((server, pool))
     }
 }
 
@@ -255,12 +256,18 @@ fn build_pool(
     pool.health_check_frequency = Some(cfg.health_check_interval);
     pool.parallel_health_check = true;
     // Fill the selector now, so the proxy never sees an empty backend set at startup.
+    refresh(&pool)?;
+    Ok(pool)
+}
+
+/// Rebuilds the pool's backend set and selector from the registry, at once. Discovery reads
+/// memory only, so this never waits on I/O.
+fn refresh(pool: &Pool<Balancer>) -> Result<(), StartError> {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| StartError::Io(format!("cannot create a runtime: {e}")))?
         .block_on(pool.update())
-        .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))?;
-    Ok(pool)
+        .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))
 }
 
 /// A seed that differs between processes (request ids, random strategies).
@@ -297,6 +304,7 @@ pub struct RunningLoadBalancer {
     listen: SocketAddr,
     admin: SocketAddr,
     registry: Arc<Registry>,
+    pool: Arc<Pool<Balancer>>,
     notify: Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -315,6 +323,19 @@ impl RunningLoadBalancer {
     /// The backends and their live state.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Adds a backend while running; it takes traffic from the next request on.
+    pub fn add_server(&self, server: BackendServer) -> Result<(), StartError> {
+        self.registry.add(server).map_err(StartError::Backend)?;
+        refresh(&self.pool)
+    }
+
+    /// Removes a backend while running; requests already sent to it finish.
+    pub fn remove_server(&self, id: &str) -> Result<Option<BackendServer>, StartError> {
+        let removed = self.registry.remove(id).map(|s| s.server.clone());
+        refresh(&self.pool)?;
+        Ok(removed)
     }
 
     /// Stops the server and waits for it to exit.

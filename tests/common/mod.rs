@@ -1,0 +1,249 @@
+//! Shared test harness: real demo backends on 127.0.0.1:0, a real Fulcrum started in-process,
+//! and a small blocking HTTP/1.1 client that can bind its source address to any 127.0.0.x.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use fulcrum::config::LoadBalancerConfig;
+use fulcrum::demo::DemoBackend;
+use fulcrum::server::RunningLoadBalancer;
+use fulcrum::{LoadBalancer, Strategy};
+
+/// Starts one demo backend per `(id, latency_ms)`.
+pub fn backends(specs: &[(&str, u64)]) -> Vec<DemoBackend> {
+    specs
+        .iter()
+        .map(|(id, ms)| DemoBackend::start(id, Duration::from_millis(*ms)).expect("backend"))
+        .collect()
+}
+
+/// A test config: loopback, free ports, no access log, health checks every `interval`.
+pub fn config(strategy: Strategy, backends: &[(&DemoBackend, u32)]) -> LoadBalancerConfig {
+    LoadBalancerConfig {
+        strategy,
+        port: 0,
+        bind_address: "127.0.0.1".parse().unwrap(),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        health_check_interval: Duration::from_secs(60),
+        health_check_timeout: Duration::from_secs(1),
+        logging_enabled: false,
+        backends: backends.iter().map(|(b, w)| b.server(*w)).collect(),
+        ..LoadBalancerConfig::default()
+    }
+}
+
+/// Starts Fulcrum and waits until every backend has had its first health check.
+pub fn start(config: LoadBalancerConfig) -> RunningLoadBalancer {
+    let lb = LoadBalancer::new(config)
+        .expect("valid config")
+        .start()
+        .expect("start");
+    let registry = lb.registry().clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || registry
+            .snapshot()
+            .iter()
+            .all(|b| b.health.last_check().at.is_some())),
+        "first health checks did not finish"
+    );
+    lb
+}
+
+/// Polls `f` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(|s| s.as_str())
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    source: Option<IpAddr>,
+) -> std::io::Result<Resp> {
+    let mut stream = connect(addr, source)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    };
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(ip, 0).into())?;
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    Ok(sock.into())
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of head"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty"))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..eol])
+                .split(';')
+                .next()
+                .unwrap_or("0")
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// GET `path`, panicking on transport errors.
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, &[], None).expect("request")
+}
+
+/// GET `/` from the given source address.
+pub fn get_from(addr: SocketAddr, source: IpAddr) -> Resp {
+    request(addr, "GET", "/", &[], Some(source)).expect("request")
+}
+
+/// The backend id in a demo backend's answer (`Response from web1` → `web1`).
+pub fn served_by(resp: &Resp) -> String {
+    assert_eq!(resp.status, 200, "unexpected response {resp:?}");
+    resp.body
+        .strip_prefix("Response from ")
+        .unwrap_or_else(|| panic!("not a demo answer: {resp:?}"))
+        .to_string()
+}
+
+/// Sends `n` sequential GETs and returns who served each.
+pub fn sequence(addr: SocketAddr, n: usize) -> Vec<String> {
+    (0..n).map(|_| served_by(&get(addr, "/"))).collect()
+}
+
+/// Counts occurrences of each id.
+pub fn counts(ids: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for id in ids {
+        *m.entry(id.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// `threads` clients each send requests back to back until `total` requests are done (or 30 s
+/// pass); returns who served each.
+pub fn concurrent(addr: SocketAddr, threads: usize, total: usize) -> Vec<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let left = Arc::new(AtomicUsize::new(total));
+    let out = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (left, out) = (left.clone(), out.clone());
+            std::thread::spawn(move || {
+                while Instant::now() < deadline
+                    && left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    let id = served_by(&get(addr, "/"));
+                    out.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let v = out.lock().unwrap().clone();
+    v
+}
+
+/// The `/health` JSON of a running Fulcrum.
+pub fn health(lb: &RunningLoadBalancer) -> (u16, serde_json::Value) {
+    let r = get(lb.admin_addr(), "/health");
+    (r.status, serde_json::from_str(&r.body).expect("json"))
+}
+
+/// The health string `/health` reports for backend `id`.
+pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+    let (_, json) = health(lb);
+    json["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .map(|s| s["health"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
