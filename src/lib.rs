@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod server;
 

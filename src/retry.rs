@@ -33,7 +33,9 @@ impl Backoff {
 
     /// The longest wait before retry `retry` (1-based): `base × 2^(retry-1)`, capped.
     pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.max)
     }
 
@@ -86,8 +88,7 @@ impl RetryBudget {
         let b = &self.buckets[(second % WINDOW_SECS) as usize];
         let seen = b.second.load(Ordering::Acquire);
         if seen != second
-            && b
-                .second
+            && b.second
                 .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
@@ -144,15 +145,30 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let b = Backoff::new(ms(100), ms(2000)).unwrap();
-        let cases = [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1600), (6, 2000), (40, 2000)];
+        let cases = [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1600),
+            (6, 2000),
+            (40, 2000),
+        ];
         for (retry, want) in cases {
             assert_eq!(b.ceiling(retry), ms(want), "retry {retry}");
-            assert_eq!(b.delay(retry, u64::MAX), ms(want), "top of the range, retry {retry}");
+            assert_eq!(
+                b.delay(retry, u64::MAX),
+                ms(want),
+                "top of the range, retry {retry}"
+            );
             assert_eq!(b.delay(retry, 0), Duration::ZERO, "bottom of the range");
         }
         assert_eq!(b.delay(2, u64::MAX / 2), ms(100), "middle of [0, 200ms]");
         assert!(Backoff::new(ms(100), ms(50)).is_err());
-        assert_eq!(Backoff::new(ms(0), ms(0)).unwrap().delay(3, 12345), Duration::ZERO);
+        assert_eq!(
+            Backoff::new(ms(0), ms(0)).unwrap().delay(3, 12345),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -170,7 +186,10 @@ mod tests {
         let delays: Vec<Duration> = (0..1000).map(|_| b.delay(3, next())).collect();
         assert!(delays.iter().all(|d| *d <= ms(400)));
         let low = delays.iter().filter(|d| **d < ms(200)).count();
-        assert!((400..600).contains(&low), "half below the midpoint, got {low}");
+        assert!(
+            (400..600).contains(&low),
+            "half below the midpoint, got {low}"
+        );
     }
 
     #[test]
