@@ -437,9 +437,11 @@ impl Registry {
 mod tests {
     use super::*;
 
+    type UrlCase<'a> = (&'a str, Result<(&'a str, u16), &'a str>);
+
     #[test]
     fn parses_urls() {
-        let cases: &[(&str, Result<(&str, u16), &str>)] = &[
+        let cases: &[UrlCase] = &[
             ("http://127.0.0.1:8001", Ok(("127.0.0.1", 8001))),
             ("http://127.0.0.1:8001/", Ok(("127.0.0.1", 8001))),
             ("HTTP://10.0.0.1", Ok(("10.0.0.1", 80))),

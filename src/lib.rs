@@ -13,6 +13,7 @@
 //! Pingora server), [`demo`] (built-in demo backends).
 
 #![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
 pub mod backend;

@@ -3,6 +3,8 @@
 //! Pingora's flags (`-c FILE`, `-t`, `-d`, `-u`) plus `--demo`. Exit codes: 0 success, 1 invalid
 //! configuration or a failure to start, 2 bad usage.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -14,11 +14,12 @@ fn unhealthy_backend_is_ejected_and_readmitted() {
     let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1), (&b[2], 1)]);
     cfg.health_check_interval = Duration::from_millis(100);
+    cfg.health_check_timeout = Duration::from_millis(100);
     cfg.healthy_threshold = 2;
     cfg.unhealthy_threshold = 2;
     let lb = start(cfg);
+    assert!(wait_until(Duration::from_secs(5), || health_of(&lb, "b") == "healthy"));
     assert_eq!(health(&lb).0, 200);
-    assert_eq!(health_of(&lb, "b"), "healthy");
 
     b[1].set_healthy(false);
     assert!(wait_until(Duration::from_secs(5), || health_of(&lb, "b")
@@ -39,8 +40,10 @@ fn health_report_follows_the_backends() {
     let b = backends(&[("a", 0), ("b", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1)]);
     cfg.health_check_interval = Duration::from_millis(100);
+    cfg.health_check_timeout = Duration::from_millis(100);
     cfg.unhealthy_threshold = 1;
     let lb = start(cfg);
+    assert!(wait_until(Duration::from_secs(5), || health(&lb).0 == 200));
     let (code, json) = health(&lb);
     assert_eq!((code, json["status"].as_str()), (200, Some("healthy")));
     assert!(json["timestamp"].as_str().unwrap().ends_with('Z'));

@@ -161,6 +161,7 @@ fn ip_hash_moves_only_the_clients_of_a_failed_backend() {
     let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
     let mut cfg = config(Strategy::IpHash, &[(&b[0], 1), (&b[1], 1), (&b[2], 1)]);
     cfg.health_check_interval = std::time::Duration::from_millis(100);
+    cfg.health_check_timeout = std::time::Duration::from_millis(100);
     cfg.unhealthy_threshold = 1;
     let lb = start(cfg);
     let before = mapping(&lb, 90);
