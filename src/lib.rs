@@ -21,6 +21,7 @@ pub mod balance;
 pub mod breaker;
 pub mod config;
 pub mod demo;
+pub mod downstream;
 pub mod health;
 pub mod proxy;
 pub mod ratelimit;

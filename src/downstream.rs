@@ -1,0 +1,197 @@
+//! Client-connection hygiene for HTTP/1: how long a client may take to send a request head, how
+//! long it may sit idle between requests, and how large a head may be.
+//!
+//! Pingora reads the request head with a timeout per read, so a client that trickles one byte
+//! at a time (slowloris) can hold a connection forever, and it accepts heads up to 1 MiB.
+//! [`GuardedApp`] wraps the proxy application and reads each HTTP/1 request head itself first:
+//!
+//! - waiting for the first byte of a request is bounded by `client_idle_timeout` (a connection
+//!   that sends nothing is closed);
+//! - from the first byte, the complete head must arrive within `client_header_timeout`, else the
+//!   client gets `408 Request Timeout` and the connection is closed;
+//! - a head larger than `max_request_header_size` gets `431 Request Header Fields Too Large`.
+//!
+//! The bytes read are handed to pingora's parser unchanged (as the session's pipelined prefix),
+//! so nothing is parsed twice and nothing is copied. HTTP/2 sessions pass straight through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Limits on what clients send (from the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// From the first byte of a request head to its end (`client_header_timeout`).
+    pub header_timeout: Duration,
+    /// Waiting for the first byte of a request (`client_idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Largest request head in bytes (`max_request_header_size`).
+    pub max_header_size: usize,
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    /// The head did not complete in time: answer 408.
+    TooSlow,
+    /// The head is too large: answer 431.
+    TooLarge,
+    /// The client went away or nothing arrived while idle: just close.
+    Gone,
+}
+
+/// Where the head ends (the index after its blank line), ignoring leading blank lines.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let body = &buf[start..];
+    let mut i = 0;
+    while let Some(p) = body[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        // "\n\n" or "\n\r\n" ends the head
+        match body.get(nl + 1) {
+            Some(b'\n') => return Some(start + nl + 2),
+            Some(b'\r') if body.get(nl + 2) == Some(&b'\n') => return Some(start + nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Reads one request head (and whatever follows it in the same reads).
+async fn read_head(
+    stream: &mut Stream,
+    limits: &ClientLimits,
+    shutdown: &mut ShutdownWatch,
+) -> Result<BytesMut, HeadError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let first = tokio::select! {
+        biased;
+        r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)) => r,
+        _ = shutdown.changed() => return Err(HeadError::Gone),
+    };
+    match first {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Err(HeadError::Gone),
+    }
+    let deadline = tokio::time::Instant::now() + limits.header_timeout;
+    loop {
+        if head_end(&buf).is_some() {
+            return Ok(buf);
+        }
+        if buf.len() > limits.max_header_size {
+            return Err(HeadError::TooLarge);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(HeadError::Gone),
+            Err(_) => return Err(HeadError::TooSlow),
+        }
+    }
+}
+
+/// Answers a request that never made it to the proxy, and closes.
+async fn refuse(stream: &mut Stream, status: &str) {
+    let body = format!("{status}\n");
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(resp.as_bytes()).await.is_ok() {
+        let _ = stream.flush().await;
+    }
+}
+
+/// The proxy application behind client limits.
+pub struct GuardedApp<A> {
+    inner: Arc<A>,
+    limits: ClientLimits,
+}
+
+impl<A> GuardedApp<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A, limits: ClientLimits) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            limits,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> HttpServerApp for GuardedApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let ServerSession::H1(h1) = session else {
+            return self.inner.process_new_http(session, shutdown).await;
+        };
+        let mut stream = h1.into_inner();
+        let mut watch = shutdown.clone();
+        let head = match read_head(&mut stream, &self.limits, &mut watch).await {
+            Ok(head) => head,
+            Err(HeadError::TooSlow) => {
+                refuse(&mut stream, "408 Request Timeout").await;
+                return None;
+            }
+            Err(HeadError::TooLarge) => {
+                refuse(&mut stream, "431 Request Header Fields Too Large").await;
+                return None;
+            }
+            Err(HeadError::Gone) => return None,
+        };
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(self.limits.idle_timeout.as_secs().max(1))
+        });
+        session.set_pipelined_prefix(head);
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head() {
+        let cases: &[(&[u8], Option<usize>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Some(27)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", Some(27)),
+            (b"GET / HTTP/1.1\nHost: a\n\n", Some(24)),
+            (b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", Some(22)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r", None),
+            (b"\r\n\r\n", None),
+            (b"", None),
+        ];
+        for (buf, want) in cases {
+            assert_eq!(head_end(buf), *want, "{:?}", String::from_utf8_lossy(buf));
+        }
+    }
+}
