@@ -151,22 +151,275 @@ pub struct BalanceConfig {
     pub seed: u64,
 }
 
-// TEMPORARY stub (replaced by the balance branch)
-#[allow(missing_docs)]
-pub struct Balancer(std::sync::Arc<pingora_load_balancing::selection::RoundRobin>);
-#[allow(missing_docs)]
-pub fn max_iterations(n: usize) -> usize {
-    n * 2 + 16
+pub mod consistent;
+mod hash;
+pub mod ip_hash;
+pub mod least_conn;
+pub mod least_time;
+mod members;
+pub mod p2c;
+pub mod random;
+mod rng;
+pub mod round_robin;
+#[cfg(test)]
+mod test_support;
+mod walk;
+pub mod weighted;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+use pingora_load_balancing::Backend;
+
+pub use walk::PickIter;
+
+/// The selector the proxy's pingora `LoadBalancer` holds: one of the eight strategies, chosen by
+/// [`BalanceConfig::strategy`] at build time. Each variant holds its strategy in an `Arc` so
+/// that iterators can own it.
+#[derive(Debug)]
+pub enum Balancer {
+    /// [`round_robin::RoundRobin`].
+    RoundRobin(Arc<round_robin::RoundRobin>),
+    /// [`weighted::WeightedRoundRobin`].
+    WeightedRoundRobin(Arc<weighted::WeightedRoundRobin>),
+    /// [`least_conn::LeastConnections`].
+    LeastConnections(Arc<least_conn::LeastConnections>),
+    /// [`least_time::LeastResponseTime`].
+    LeastResponseTime(Arc<least_time::LeastResponseTime>),
+    /// [`ip_hash::IpHash`].
+    IpHash(Arc<ip_hash::IpHash>),
+    /// [`random::Random`].
+    Random(Arc<random::Random>),
+    /// [`consistent::ConsistentHashing`].
+    ConsistentHashing(Arc<consistent::ConsistentHashing>),
+    /// [`p2c::PowerOfTwoChoices`].
+    PowerOfTwoChoices(Arc<p2c::PowerOfTwoChoices>),
 }
-impl pingora_load_balancing::selection::BackendSelection for Balancer {
-    type Iter = <pingora_load_balancing::selection::RoundRobin as pingora_load_balancing::selection::BackendSelection>::Iter;
-    type Config = BalanceConfig;
-    fn build(b: &std::collections::BTreeSet<pingora_load_balancing::Backend>) -> Self {
-        Self(std::sync::Arc::new(
-            pingora_load_balancing::selection::RoundRobin::build(b),
-        ))
+
+impl Balancer {
+    /// The strategy this selector runs.
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Balancer::RoundRobin(_) => Strategy::RoundRobin,
+            Balancer::WeightedRoundRobin(_) => Strategy::WeightedRoundRobin,
+            Balancer::LeastConnections(_) => Strategy::LeastConnections,
+            Balancer::LeastResponseTime(_) => Strategy::LeastResponseTime,
+            Balancer::IpHash(_) => Strategy::IpHash,
+            Balancer::Random(_) => Strategy::Random,
+            Balancer::ConsistentHashing(_) => Strategy::ConsistentHashing,
+            Balancer::PowerOfTwoChoices(_) => Strategy::PowerOfTwoChoices,
+        }
     }
-    fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
-        self.0.iter(key)
+}
+
+impl BackendSelection for Balancer {
+    type Iter = BalancerIter;
+    type Config = BalanceConfig;
+
+    fn build_with_config(backends: &BTreeSet<Backend>, config: &BalanceConfig) -> Self {
+        let seed = config.seed;
+        match config.strategy {
+            Strategy::RoundRobin => {
+                Balancer::RoundRobin(Arc::new(round_robin::RoundRobin::new(backends)))
+            }
+            Strategy::WeightedRoundRobin => {
+                Balancer::WeightedRoundRobin(Arc::new(weighted::WeightedRoundRobin::new(backends)))
+            }
+            Strategy::LeastConnections => {
+                Balancer::LeastConnections(Arc::new(least_conn::LeastConnections::new(backends)))
+            }
+            Strategy::LeastResponseTime => {
+                Balancer::LeastResponseTime(Arc::new(least_time::LeastResponseTime::new(backends)))
+            }
+            Strategy::IpHash => Balancer::IpHash(Arc::new(ip_hash::IpHash::new(backends))),
+            Strategy::Random => Balancer::Random(Arc::new(random::Random::new(backends, seed))),
+            Strategy::ConsistentHashing => {
+                Balancer::ConsistentHashing(Arc::new(consistent::ConsistentHashing::new(backends)))
+            }
+            Strategy::PowerOfTwoChoices => {
+                Balancer::PowerOfTwoChoices(Arc::new(p2c::PowerOfTwoChoices::new(backends, seed)))
+            }
+        }
+    }
+
+    /// Round robin, seed 0.
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        Self::build_with_config(
+            backends,
+            &BalanceConfig {
+                strategy: Strategy::RoundRobin,
+                seed: 0,
+            },
+        )
+    }
+
+    fn iter(self: &Arc<Self>, key: &[u8]) -> BalancerIter {
+        match &**self {
+            Balancer::RoundRobin(s) => BalancerIter::RoundRobin(s.iter(key)),
+            Balancer::WeightedRoundRobin(s) => BalancerIter::WeightedRoundRobin(s.iter(key)),
+            Balancer::LeastConnections(s) => BalancerIter::LeastConnections(s.iter(key)),
+            Balancer::LeastResponseTime(s) => BalancerIter::LeastResponseTime(s.iter(key)),
+            Balancer::IpHash(s) => BalancerIter::IpHash(s.iter(key)),
+            Balancer::Random(s) => BalancerIter::Random(s.iter(key)),
+            Balancer::ConsistentHashing(s) => BalancerIter::ConsistentHashing(s.iter(key)),
+            Balancer::PowerOfTwoChoices(s) => BalancerIter::PowerOfTwoChoices(s.iter(key)),
+        }
+    }
+}
+
+/// The candidates of one request, from whichever strategy the [`Balancer`] runs.
+pub enum BalancerIter {
+    /// From [`round_robin::RoundRobin`].
+    RoundRobin(PickIter<round_robin::RoundRobin>),
+    /// From [`weighted::WeightedRoundRobin`].
+    WeightedRoundRobin(PickIter<weighted::WeightedRoundRobin>),
+    /// From [`least_conn::LeastConnections`].
+    LeastConnections(PickIter<least_conn::LeastConnections>),
+    /// From [`least_time::LeastResponseTime`].
+    LeastResponseTime(PickIter<least_time::LeastResponseTime>),
+    /// From [`ip_hash::IpHash`].
+    IpHash(PickIter<ip_hash::IpHash>),
+    /// From [`random::Random`].
+    Random(PickIter<random::Random>),
+    /// From [`consistent::ConsistentHashing`].
+    ConsistentHashing(PickIter<consistent::ConsistentHashing>),
+    /// From [`p2c::PowerOfTwoChoices`].
+    PowerOfTwoChoices(PickIter<p2c::PowerOfTwoChoices>),
+}
+
+impl BackendIter for BalancerIter {
+    fn next(&mut self) -> Option<&Backend> {
+        match self {
+            BalancerIter::RoundRobin(it) => it.next(),
+            BalancerIter::WeightedRoundRobin(it) => it.next(),
+            BalancerIter::LeastConnections(it) => it.next(),
+            BalancerIter::LeastResponseTime(it) => it.next(),
+            BalancerIter::IpHash(it) => it.next(),
+            BalancerIter::Random(it) => it.next(),
+            BalancerIter::ConsistentHashing(it) => it.next(),
+            BalancerIter::PowerOfTwoChoices(it) => it.next(),
+        }
+    }
+}
+
+/// The `max_iterations` to pass to pingora's `select_with` for `n_backends` backends.
+///
+/// Every strategy's iterator yields each backend exactly once and then `None` (consistent
+/// hashing walks the Ketama ring itself and skips repeated owners), so `n_backends` steps
+/// always reach every backend; the bound is twice that plus 16 so that it never is what ends a
+/// search. A raw Ketama ring walk would need far more: up to `160 × sum(weights)` points.
+pub fn max_iterations(n_backends: usize) -> usize {
+    n_backends.saturating_mul(2).saturating_add(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    fn config(strategy: Strategy) -> BalanceConfig {
+        BalanceConfig { strategy, seed: 7 }
+    }
+
+    #[test]
+    fn builds_the_configured_strategy() {
+        let (set, _) = backend_set(&[1, 2, 3]);
+        for strategy in Strategy::ALL {
+            let balancer = Balancer::build_with_config(&set, &config(strategy));
+            assert_eq!(balancer.strategy(), strategy);
+            assert!(Arc::new(balancer).iter(b"k").next().is_some(), "{strategy}");
+        }
+        assert_eq!(Balancer::build(&set).strategy(), Strategy::RoundRobin);
+    }
+
+    #[test]
+    fn no_backends_no_candidates() {
+        for strategy in Strategy::ALL {
+            let balancer = Arc::new(Balancer::build_with_config(
+                &BTreeSet::new(),
+                &config(strategy),
+            ));
+            assert!(balancer.iter(b"k").next().is_none(), "{strategy}");
+        }
+    }
+
+    /// The raw iterator, without pingora's deduplication: each backend exactly once, then `None`.
+    fn assert_yields_each_once(balancer: &Arc<Balancer>, n: usize, key: &[u8]) {
+        let mut iter = balancer.iter(key);
+        let mut seen = vec![0; n];
+        while let Some(b) = iter.next() {
+            seen[index(b)] += 1;
+        }
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "{}: {seen:?}",
+            balancer.strategy()
+        );
+        assert!(iter.next().is_none());
+    }
+
+    #[tokio::test]
+    async fn every_strategy_reaches_every_backend() {
+        for n in [1, 3, 100] {
+            let weights: Vec<u32> = (0..n).map(|i| 1 + (i as u32 * 7) % 5).collect();
+            for strategy in Strategy::ALL {
+                let lb = Lb::new(strategy, &weights).await;
+                for key in [&b"10.0.0.1"[..], b"k2", b""] {
+                    let mut offered = lb.offered(key);
+                    assert_eq!(offered.len(), n, "{strategy} n={n}: offered twice");
+                    offered.sort_unstable();
+                    assert_eq!(offered, (0..n).collect::<Vec<_>>(), "{strategy} n={n}");
+                }
+                let (set, _) = backend_set(&weights);
+                let balancer = Arc::new(Balancer::build_with_config(&set, &config(strategy)));
+                for key in [&b"a"[..], b"b", b"c"] {
+                    assert_yields_each_once(&balancer, n, key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backends_without_state_and_skewed_weights_work() {
+        let mut set: BTreeSet<Backend> = (0..5)
+            .map(|i| Backend::new_with_weight(&format!("127.0.0.1:{}", BASE_PORT + i), 1))
+            .map(|b| b.unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        set.insert(
+            Backend::new_with_weight(&format!("127.0.0.1:{}", BASE_PORT + 5), 1000)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        for strategy in Strategy::ALL {
+            let balancer = Arc::new(Balancer::build_with_config(&set, &config(strategy)));
+            for key in [&b"a"[..], b"b", b"c", b"d"] {
+                assert_yields_each_once(&balancer, 6, key);
+            }
+        }
+    }
+
+    #[test]
+    fn every_backend_is_reachable_under_concurrency() {
+        let (set, _) = backend_set(&[1, 2, 3, 1, 2, 3, 1, 2]);
+        for strategy in Strategy::ALL {
+            let balancer = Arc::new(Balancer::build_with_config(&set, &config(strategy)));
+            std::thread::scope(|scope| {
+                for t in 0..4_u32 {
+                    let balancer = &balancer;
+                    scope.spawn(move || {
+                        for k in 0..2000_u32 {
+                            let key = (t * 10_000 + k).to_be_bytes();
+                            if k % 2 == 0 {
+                                assert_yields_each_once(balancer, 8, &key);
+                            } else {
+                                // A typical request: the first or second candidate is taken.
+                                let mut iter = balancer.iter(&key);
+                                assert!(iter.next().is_some());
+                            }
+                        }
+                    });
+                }
+            });
+        }
     }
 }
