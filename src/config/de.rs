@@ -1,6 +1,7 @@
 //! Serde helpers for fields whose YAML form is not their derived one: an empty value as the
-//! default (`backends:`, `pingora:`), ports with a range message, and `hash_key` as its string
-//! form. Errors raised inside visitors get serde_yaml's key path and position.
+//! default (`backends:`, `pingora:`), ports with a range message, `hash_key` as its string
+//! form, and `trusted_proxies` as a list of CIDR strings. Errors raised inside visitors get
+//! serde_yaml's key path and position (`trusted_proxies[1]: ... at line 4 column 5`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +10,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::balance::HashKey;
+use crate::ratelimit::Cidr;
 
 /// An empty value (`key:` with nothing after it) is the type's default.
 pub(super) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -62,5 +64,38 @@ pub(super) mod hash_key_serde {
             }
         }
         d.deserialize_str(HashKeyVisitor)
+    }
+}
+
+/// `trusted_proxies` as a list of strings (`10.0.0.0/8`, `::1`); an empty value is no entries.
+/// Each entry is parsed on its own, so a bad one is reported as `trusted_proxies[i]`.
+pub(super) mod cidr_list_serde {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(list: &[Cidr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(Cidr::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+        let list: Vec<Entry> = null_as_default(d)?;
+        Ok(list.into_iter().map(|e| e.0).collect())
+    }
+
+    struct Entry(Cidr);
+
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct CidrVisitor;
+            impl Visitor<'_> for CidrVisitor {
+                type Value = Entry;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an IP address or CIDR network such as 10.0.0.0/8")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Entry, E> {
+                    Cidr::from_str(v).map(Entry).map_err(E::custom)
+                }
+            }
+            d.deserialize_str(CidrVisitor)
+        }
     }
 }

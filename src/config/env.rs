@@ -3,13 +3,11 @@
 //! and variable names cannot drift; [`LoadBalancerConfig::apply_env`]; and naming the variable
 //! in validation errors about values it set.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
-use super::{parse_duration, ConfigError, LoadBalancerConfig};
-use crate::balance::{HashKey, Strategy};
+use super::env_values::*;
+use super::{ConfigError, LoadBalancerConfig};
+use crate::balance::HashKey;
 
 impl LoadBalancerConfig {
     /// Applies `LB_*` overrides looked up with `env` (for configs built in code). Every valid
@@ -101,6 +99,8 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("unhealthy_threshold",                "LB_UNHEALTHY_THRESHOLD",                unhealthy_threshold,                 env_u32),
     env_override!("max_retries",                        "LB_MAX_RETRIES",                        max_retries,                         env_u32),
     env_override!("retry_backoff",                      "LB_RETRY_BACKOFF",                      retry_backoff,                       env_duration),
+    env_override!("retry_backoff_max",                  "LB_RETRY_BACKOFF_MAX",                  retry_backoff_max,                   env_duration),
+    env_override!("retry_budget_percent",               "LB_RETRY_BUDGET_PERCENT",               retry_budget_percent,                env_u32),
     env_override!("enable_sticky_sessions",             "LB_ENABLE_STICKY_SESSIONS",             enable_sticky_sessions,              env_bool),
     env_override!("session_cookie_name",                "LB_SESSION_COOKIE_NAME",                session_cookie_name,                 env_string),
     env_override!("session_timeout",                    "LB_SESSION_TIMEOUT",                    session_timeout,                     env_duration),
@@ -108,6 +108,10 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("ssl_cert_file",                      "LB_SSL_CERT_FILE",                      ssl_cert_file,                       env_path),
     env_override!("ssl_key_file",                       "LB_SSL_KEY_FILE",                       ssl_key_file,                        env_path),
     env_override!("request_timeout",                    "LB_REQUEST_TIMEOUT",                    request_timeout,                     env_duration),
+    env_override!("connect_timeout",                    "LB_CONNECT_TIMEOUT",                    connect_timeout,                     env_duration),
+    env_override!("client_header_timeout",              "LB_CLIENT_HEADER_TIMEOUT",              client_header_timeout,               env_duration),
+    env_override!("client_idle_timeout",                "LB_CLIENT_IDLE_TIMEOUT",                client_idle_timeout,                 env_duration),
+    env_override!("max_request_header_size",            "LB_MAX_REQUEST_HEADER_SIZE",            max_request_header_size,             env_usize),
     env_override!("max_idle_conns",                     "LB_MAX_IDLE_CONNS",                     max_idle_conns,                      env_usize),
     env_override!("max_idle_conns_per_host",            "LB_MAX_IDLE_CONNS_PER_HOST",            max_idle_conns_per_host,             env_usize),
     env_override!("circuit_breaker_enabled",            "LB_CIRCUIT_BREAKER_ENABLED",            circuit_breaker_enabled,             env_bool),
@@ -115,84 +119,31 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("circuit_breaker.recovery_threshold", "LB_CIRCUIT_BREAKER_RECOVERY_THRESHOLD", circuit_breaker.recovery_threshold,  env_u32),
     env_override!("circuit_breaker.timeout",            "LB_CIRCUIT_BREAKER_TIMEOUT",            circuit_breaker.timeout,             env_duration),
     env_override!("circuit_breaker.half_open_max_calls","LB_CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS",circuit_breaker.half_open_max_calls, env_u32),
+    env_override!("circuit_breaker.failure_status_codes","LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES",circuit_breaker.failure_status_codes, env_status_codes),
+    EnvOverride { key: "rate_limit.requests_per_second", env: "LB_RATE_LIMIT_REQUESTS_PER_SECOND", apply: env_rate_limit_rps },
+    EnvOverride { key: "rate_limit.burst",               env: "LB_RATE_LIMIT_BURST",               apply: env_rate_limit_burst },
+    env_override!("trusted_proxies",                    "LB_TRUSTED_PROXIES",                    trusted_proxies,                     env_cidrs),
     env_override!("metrics_enabled",                    "LB_METRICS_ENABLED",                    metrics_enabled,                     env_bool),
     env_override!("logging_enabled",                    "LB_LOGGING_ENABLED",                    logging_enabled,                     env_bool),
     env_override!("graceful_shutdown",                  "LB_GRACEFUL_SHUTDOWN",                  graceful_shutdown,                   env_bool),
     env_override!("shutdown_timeout",                   "LB_SHUTDOWN_TIMEOUT",                   shutdown_timeout,                    env_duration),
 ];
 
-fn invalid(value: &str, expected: &str) -> String {
-    format!("invalid value {value:?}: expected {expected}")
-}
-
-fn env_strategy(v: &str) -> Result<Strategy, String> {
-    Strategy::from_str(v.trim()).map_err(|_| {
-        let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-        invalid(v, &format!("one of {}", names.join(", ")))
-    })
-}
-
-fn env_port(v: &str) -> Result<u16, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| invalid(v, "a port number 0-65535"))
-}
-
-fn env_ip(v: &str) -> Result<IpAddr, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| invalid(v, "an IP address such as 0.0.0.0 or ::"))
-}
-
-fn env_socket_addr(v: &str) -> Result<SocketAddr, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| invalid(v, "an address with a port such as 127.0.0.1:9090"))
-}
-
-fn env_duration(v: &str) -> Result<Duration, String> {
-    parse_duration(v.trim())
-}
-
-fn env_string(v: &str) -> Result<String, String> {
-    Ok(v.to_string())
-}
-
-/// An empty value unsets the path.
-fn env_path(v: &str) -> Result<Option<PathBuf>, String> {
-    Ok((!v.is_empty()).then(|| PathBuf::from(v)))
-}
-
-fn env_u32(v: &str) -> Result<u32, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| invalid(v, &format!("a whole number 0-{}", u32::MAX)))
-}
-
-fn env_usize(v: &str) -> Result<usize, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| invalid(v, &format!("a whole number 0-{}", usize::MAX)))
-}
-
-fn env_bool(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(v, "true or false (or 1/0, yes/no, on/off)")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::time::Duration;
 
     use super::*;
-    use crate::config::testutil::{assert_one_error_contains, env_from, errors_of, scalar_keys};
+    use crate::balance::Strategy;
+    use crate::config::testutil::{
+        assert_one_error_contains, env_from, errors_of, every_key_config, scalar_keys,
+    };
+    use crate::ratelimit::Cidr;
 
     #[test]
     fn every_scalar_key_has_an_env_override() {
-        let keys = scalar_keys(&LoadBalancerConfig::default());
+        let keys = scalar_keys(&every_key_config());
         let table: Vec<&str> = ENV_OVERRIDES.iter().map(|o| o.key).collect();
         let missing: Vec<&String> = keys
             .keys()
@@ -224,6 +175,8 @@ mod tests {
             ("unhealthy_threshold", "6"),
             ("max_retries", "7"),
             ("retry_backoff", "250ms"),
+            ("retry_backoff_max", "10s"),
+            ("retry_budget_percent", "50"),
             ("enable_sticky_sessions", "TRUE"),
             ("session_cookie_name", "SID"),
             ("session_timeout", "1h"),
@@ -231,13 +184,21 @@ mod tests {
             ("ssl_cert_file", "/etc/cert.pem"),
             ("ssl_key_file", "/etc/key.pem"),
             ("request_timeout", "1m"),
+            ("connect_timeout", "1s"),
+            ("client_header_timeout", "3s"),
+            ("client_idle_timeout", "5m"),
+            ("max_request_header_size", "65536"),
             ("max_idle_conns", "64"),
             ("max_idle_conns_per_host", "8"),
-            ("circuit_breaker_enabled", "1"),
+            ("circuit_breaker_enabled", "off"),
             ("circuit_breaker.failure_threshold", "9"),
             ("circuit_breaker.recovery_threshold", "8"),
             ("circuit_breaker.timeout", "2m"),
             ("circuit_breaker.half_open_max_calls", "4"),
+            ("circuit_breaker.failure_status_codes", "502, 429"),
+            ("rate_limit.requests_per_second", "7"),
+            ("rate_limit.burst", "9"),
+            ("trusted_proxies", "10.0.0.0/8,::1"),
             ("metrics_enabled", "false"),
             ("logging_enabled", "off"),
             ("graceful_shutdown", "No"),
@@ -245,12 +206,12 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let defaults = scalar_keys(&LoadBalancerConfig::default());
+        let defaults = scalar_keys(&every_key_config());
         for o in ENV_OVERRIDES {
             let sample = samples
                 .get(o.key)
                 .unwrap_or_else(|| panic!("no sample for {}", o.key));
-            let mut config = LoadBalancerConfig::default();
+            let mut config = every_key_config();
             config
                 .apply_env(&env_from(&[(o.env, sample)]))
                 .unwrap_or_else(|e| panic!("{}={sample}: {e}", o.env));
@@ -292,70 +253,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_env_values_name_the_variable_and_value() {
-        let cases = [
-            (
-                "LB_PORT",
-                "abc",
-                "LB_PORT: invalid value \"abc\": expected a port number 0-65535",
-            ),
-            ("LB_PORT", "65536", "LB_PORT: invalid value \"65536\""),
-            (
-                "LB_STRATEGY",
-                "fast",
-                "LB_STRATEGY: invalid value \"fast\": expected one of round_robin,",
-            ),
-            (
-                "LB_METRICS_ENABLED",
-                "maybe",
-                "LB_METRICS_ENABLED: invalid value \"maybe\": expected true or false",
-            ),
-            (
-                "LB_SHUTDOWN_TIMEOUT",
-                "30",
-                "LB_SHUTDOWN_TIMEOUT: invalid duration \"30\": add a unit",
-            ),
-            (
-                "LB_MAX_RETRIES",
-                "-1",
-                "LB_MAX_RETRIES: invalid value \"-1\": expected a whole number",
-            ),
-            (
-                "LB_BIND_ADDRESS",
-                "localhost",
-                "LB_BIND_ADDRESS: invalid value \"localhost\"",
-            ),
-            (
-                "LB_ADMIN_ADDRESS",
-                "127.0.0.1",
-                "LB_ADMIN_ADDRESS: invalid value \"127.0.0.1\"",
-            ),
-            (
-                "LB_HASH_KEY",
-                "header:",
-                "LB_HASH_KEY: invalid hash key \"header:\"",
-            ),
-        ];
-        for (var, value, want) in cases {
-            let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env(
-                "",
-                &env_from(&[(var, value)]),
-            ));
-            assert_one_error_contains(var, &errors, &[want]);
-        }
-        // All bad variables are reported, and the good ones still applied.
-        let mut c = LoadBalancerConfig::default();
-        let env = env_from(&[
-            ("LB_PORT", "x"),
-            ("LB_MAX_RETRIES", "y"),
-            ("LB_HEALTHY_THRESHOLD", "4"),
-        ]);
-        let e = c.apply_env(&env).unwrap_err();
-        assert_eq!(e.messages().len(), 2, "{e}");
-        assert_eq!(c.healthy_threshold, 4);
-    }
-
-    #[test]
     fn validation_errors_name_the_variable_that_set_the_value() {
         let env = env_from(&[("LB_HEALTH_CHECK_PATH", "ready"), ("LB_ENABLE_SSL", "true")]);
         let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env(
@@ -373,5 +270,69 @@ mod tests {
             &["enable_ssl (from LB_ENABLE_SSL): not supported yet"],
         );
         assert_one_error_contains("yaml", &errors, &["max_retries: must be at most 10"]);
+    }
+
+    #[test]
+    fn env_sets_the_resilience_keys() {
+        let env = env_from(&[
+            ("LB_CONNECT_TIMEOUT", "750ms"),
+            ("LB_RETRY_BACKOFF_MAX", "3s"),
+            ("LB_RETRY_BUDGET_PERCENT", "35"),
+            ("LB_CIRCUIT_BREAKER_ENABLED", "false"),
+            ("LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES", " 500 ,503"),
+            ("LB_CLIENT_HEADER_TIMEOUT", "4s"),
+            ("LB_CLIENT_IDLE_TIMEOUT", "90s"),
+            ("LB_MAX_REQUEST_HEADER_SIZE", "8192"),
+            ("LB_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1 ,fd00::/8"),
+        ]);
+        let c = LoadBalancerConfig::from_yaml_str_with_env("", &env).unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_millis(750));
+        assert_eq!(c.retry_backoff_max, Duration::from_secs(3));
+        assert_eq!(c.retry_budget_percent, 35);
+        assert!(!c.circuit_breaker_enabled);
+        assert_eq!(c.circuit_breaker.failure_status_codes, [500, 503]);
+        assert_eq!(c.client_header_timeout, Duration::from_secs(4));
+        assert_eq!(c.client_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.max_request_header_size, 8192);
+        let nets: Vec<Cidr> = ["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(c.trusted_proxies, nets);
+
+        // An empty list variable empties the list from the file.
+        let yaml =
+            "trusted_proxies: [10.0.0.0/8]\ncircuit_breaker: {failure_status_codes: [500]}\n";
+        let env = env_from(&[
+            ("LB_TRUSTED_PROXIES", ""),
+            ("LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES", " "),
+        ]);
+        let c = LoadBalancerConfig::from_yaml_str_with_env(yaml, &env).unwrap();
+        assert!(c.trusted_proxies.is_empty());
+        assert!(c.circuit_breaker.failure_status_codes.is_empty());
+    }
+
+    #[test]
+    fn resilience_validation_errors_name_the_variable() {
+        let env = env_from(&[
+            ("LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES", "500,700"),
+            ("LB_RETRY_BUDGET_PERCENT", "150"),
+            ("LB_RATE_LIMIT_REQUESTS_PER_SECOND", "10"),
+            ("LB_RATE_LIMIT_BURST", "0"),
+            ("LB_CONNECT_TIMEOUT", "0s"),
+            ("LB_RETRY_BACKOFF_MAX", "10ms"),
+        ]);
+        let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env("", &env));
+        for want in [
+            "circuit_breaker.failure_status_codes[1] (from LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES): \
+             must be an HTTP status code 100-599, got 700",
+            "retry_budget_percent (from LB_RETRY_BUDGET_PERCENT): must be at most 100, got 150",
+            "rate_limit.burst (from LB_RATE_LIMIT_BURST): must be at least 1",
+            "connect_timeout (from LB_CONNECT_TIMEOUT): must be greater than 0s",
+            "retry_backoff_max (from LB_RETRY_BACKOFF_MAX): 10ms is smaller than retry_backoff (100ms)",
+        ] {
+            assert_one_error_contains(want, &errors, &[want]);
+        }
+        assert_eq!(errors.len(), 5, "{errors:#?}");
     }
 }

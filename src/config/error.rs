@@ -123,11 +123,94 @@ fn top_level_key_lines<'a>(yaml: &'a str, key: &'a str) -> impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::testutil::{assert_one_error_contains, errors_of};
+    use crate::config::LoadBalancerConfig;
 
     #[test]
     fn error_display_lists_every_message() {
         let e = ConfigError::from_messages(vec!["a: x".into(), "b: y".into()]);
         assert_eq!(e.to_string(), "2 configuration errors:\n  a: x\n  b: y");
         assert_eq!(ConfigError::new("a: x").to_string(), "a: x");
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_and_position() {
+        let backends = "backends:\n  - {id: a, url: \"http://127.0.0.1:1\"}\n";
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                "port: 1\nbogus: 1\n".into(),
+                vec!["bogus: unknown key at line 2", "strategy"],
+            ),
+            (
+                "bogus: 1\n".into(),
+                vec!["bogus: unknown key at line 1 column 1; expected one of `strategy`"],
+            ),
+            (
+                "# c\n\"bogus\" : 1\n".into(),
+                vec!["bogus: unknown key at line 2"],
+            ),
+            (
+                "port: 1\nport: 2\n".into(),
+                vec!["port: duplicate key at line 2"],
+            ),
+            (
+                format!("{backends}  - id: b\n    url: \"http://127.0.0.1:2\"\n    wieght: 2\n"),
+                vec!["backends[1]", "unknown field `wieght`", "line 5"],
+            ),
+            (
+                "circuit_breaker:\n  timeout: 1s\n  treshold: 1\n".into(),
+                vec!["circuit_breaker", "unknown field `treshold`", "line 3"],
+            ),
+            (
+                "strategy: fastest\n".into(),
+                vec![
+                    "strategy: unknown variant `fastest`",
+                    "round_robin",
+                    "power_of_two_choices",
+                ],
+            ),
+            (
+                "health_check_interval: 30\n".into(),
+                vec![
+                    "health_check_interval: invalid duration 30: add a unit",
+                    "line 1",
+                ],
+            ),
+            (
+                "retry_backoff: 5x\n".into(),
+                vec!["retry_backoff: invalid duration \"5x\": unknown unit \"x\""],
+            ),
+            (
+                "circuit_breaker:\n  timeout: -1s\n".into(),
+                vec!["circuit_breaker.timeout: invalid duration \"-1s\": must not be negative"],
+            ),
+            (
+                "port: 70000\n".into(),
+                vec!["port: invalid value 70000: expected a port number 0-65535"],
+            ),
+            ("port: -1\n".into(), vec!["port: invalid value -1"]),
+            ("port: \"80\"\n".into(), vec!["port: invalid type: string"]),
+            (
+                "bind_address: 1.2.3\n".into(),
+                vec!["bind_address: invalid IP address syntax"],
+            ),
+            (
+                "admin_address: 127.0.0.1\n".into(),
+                vec!["admin_address: invalid socket address syntax"],
+            ),
+            (
+                "hash_key: ip\n".into(),
+                vec!["hash_key: invalid hash key \"ip\"", "client_ip"],
+            ),
+            (
+                "pingora: [1]\n".into(),
+                vec!["pingora: invalid type: sequence"],
+            ),
+            ("port: 1\nstrategy: \"open\n".into(), vec!["line 2"]),
+        ];
+        for (yaml, parts) in cases {
+            let errors = errors_of(LoadBalancerConfig::from_yaml_str(&yaml));
+            assert_one_error_contains(&yaml, &errors, &parts);
+        }
     }
 }

@@ -17,12 +17,13 @@
 //!
 //! Layout: this file holds the top-level struct, its defaults and loading; `duration` the
 //! duration syntax, `env` the `LB_*` table, `validate` the semantic checks, `pingora` the
-//! `pingora:` section and `ServerConf`, `sections` the nested sections, `error` [`ConfigError`]
-//! and `de` the serde helpers.
+//! `pingora:` section and `ServerConf`, `sections` the nested sections (`circuit_breaker:`,
+//! `rate_limit:`), `error` [`ConfigError`] and `de` the serde helpers.
 
 mod de;
 mod duration;
 mod env;
+mod env_values;
 mod error;
 mod pingora;
 mod sections;
@@ -31,6 +32,7 @@ mod testutil;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,15 +43,19 @@ pub use self::error::ConfigError;
 pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
 };
-pub use self::sections::CircuitBreakerConfig;
+pub use self::sections::{CircuitBreakerConfig, RateLimitConfig};
 
-use self::de::{deserialize_port, hash_key_serde, null_as_default};
+use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_default};
 use self::error::describe_yaml_error;
 use crate::backend::BackendServer;
 use crate::balance::{HashKey, Strategy};
+use crate::ratelimit::Cidr;
 
 /// Largest accepted `max_retries`.
 pub const MAX_RETRIES_LIMIT: u32 = 10;
+
+/// Accepted `max_request_header_size`, in bytes: 1 KiB to 1 MiB.
+pub const REQUEST_HEADER_SIZE_RANGE: RangeInclusive<usize> = 1024..=1024 * 1024;
 
 /// Everything Fulcrum can be configured with: the YAML file's top level.
 ///
@@ -89,9 +95,17 @@ pub struct LoadBalancerConfig {
     /// Retries on another backend after a failed attempt (default 3, at most
     /// [`MAX_RETRIES_LIMIT`]).
     pub max_retries: u32,
-    /// Base delay before a retry, doubled per attempt with jitter (default 100ms).
+    /// Backoff before retries: the first retry waits up to `retry_backoff`, doubling per
+    /// retry, full jitter (a uniformly random wait up to that ceiling), capped by
+    /// `retry_backoff_max` (default 100ms).
     #[serde(with = "serde_duration")]
     pub retry_backoff: Duration,
+    /// Cap on the backoff ceiling (default 2s, at least `retry_backoff`).
+    #[serde(with = "serde_duration")]
+    pub retry_backoff_max: Duration,
+    /// Retries may add at most this percentage to the recent request rate, with a floor of 3
+    /// retries per second (default 20, 0-100).
+    pub retry_budget_percent: u32,
     /// Session affinity by cookie (default false; `true` is rejected until sticky sessions land).
     pub enable_sticky_sessions: bool,
     /// Name of the session cookie (default `LB_SESSION_ID`; an RFC 6265 token).
@@ -108,16 +122,34 @@ pub struct LoadBalancerConfig {
     /// Limit on one proxied request (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
+    /// Limit on the TCP connect to a backend, per attempt (default 5s, > 0).
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Time a client has to send its complete request head (default 10s, > 0).
+    #[serde(with = "serde_duration")]
+    pub client_header_timeout: Duration,
+    /// Keep-alive idle time allowed between a client's requests (default 60s, > 0).
+    #[serde(with = "serde_duration")]
+    pub client_idle_timeout: Duration,
+    /// Largest request head accepted, in bytes; a larger one gets 431 (default 32768, within
+    /// [`REQUEST_HEADER_SIZE_RANGE`]).
+    pub max_request_header_size: usize,
     /// Size of Pingora's upstream keep-alive pool, one LRU shared by all backends (default
     /// 1024; 0 keeps no idle connection).
     pub max_idle_conns: usize,
     /// Per-backend idle connection cap: only 0 (no cap) is accepted, because Pingora keeps idle
     /// upstream connections in one LRU shared by all backends.
     pub max_idle_conns_per_host: usize,
-    /// Per-backend circuit breakers (default false; `true` is rejected until breakers land).
+    /// Per-backend circuit breakers (default true).
     pub circuit_breaker_enabled: bool,
     /// Circuit breaker settings, validated even while breakers are disabled.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Per-client-IP rate limiting (default `None`: off).
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the client's IP (default
+    /// none: the client is the TCP peer). Written as strings: `10.0.0.0/8`, `::1`.
+    #[serde(with = "cidr_list_serde")]
+    pub trusted_proxies: Vec<Cidr>,
     /// Prometheus/JSON metrics on the admin listener (default true).
     pub metrics_enabled: bool,
     /// One access-log line per request (default true).
@@ -150,6 +182,8 @@ impl Default for LoadBalancerConfig {
             unhealthy_threshold: 3,
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(2),
+            retry_budget_percent: 20,
             enable_sticky_sessions: false,
             session_cookie_name: "LB_SESSION_ID".to_string(),
             session_timeout: Duration::from_secs(2 * 3600),
@@ -157,10 +191,16 @@ impl Default for LoadBalancerConfig {
             ssl_cert_file: None,
             ssl_key_file: None,
             request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            client_header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_request_header_size: 32 * 1024,
             max_idle_conns: 1024,
             max_idle_conns_per_host: 0,
-            circuit_breaker_enabled: false,
+            circuit_breaker_enabled: true,
             circuit_breaker: CircuitBreakerConfig::default(),
+            rate_limit: None,
+            trusted_proxies: Vec::new(),
             metrics_enabled: true,
             logging_enabled: true,
             graceful_shutdown: true,
@@ -170,6 +210,7 @@ impl Default for LoadBalancerConfig {
         }
     }
 }
+
 impl LoadBalancerConfig {
     /// Parses YAML and validates it; the environment is not consulted.
     ///
@@ -232,7 +273,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::str::FromStr;
 
-    use super::testutil::{assert_one_error_contains, errors_of, scalar_keys};
+    use super::testutil::{every_key_config, scalar_keys};
     use super::*;
 
     #[test]
@@ -266,6 +307,8 @@ healthy_threshold: 4
 unhealthy_threshold: 5
 max_retries: 5
 retry_backoff: 200ms
+retry_backoff_max: 5s
+retry_budget_percent: 10
 enable_sticky_sessions: false
 session_cookie_name: MY_SESSION
 session_timeout: 1h
@@ -273,6 +316,10 @@ enable_ssl: false
 ssl_cert_file: null
 ssl_key_file: null
 request_timeout: 1m
+connect_timeout: 2s
+client_header_timeout: 5s
+client_idle_timeout: 2m
+max_request_header_size: 16384
 max_idle_conns: 200
 max_idle_conns_per_host: 0
 circuit_breaker_enabled: false
@@ -281,6 +328,11 @@ circuit_breaker:
   recovery_threshold: 5
   timeout: 1m
   half_open_max_calls: 2
+  failure_status_codes: [502, 503]
+rate_limit:
+  requests_per_second: 100
+  burst: 250
+trusted_proxies: [10.0.0.0/8, "::1"]
 metrics_enabled: false
 logging_enabled: false
 graceful_shutdown: false
@@ -322,6 +374,8 @@ backends:
             unhealthy_threshold: 5,
             max_retries: 5,
             retry_backoff: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(5),
+            retry_budget_percent: 10,
             enable_sticky_sessions: false,
             session_cookie_name: "MY_SESSION".into(),
             session_timeout: Duration::from_secs(3600),
@@ -329,6 +383,10 @@ backends:
             ssl_cert_file: None,
             ssl_key_file: None,
             request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            client_header_timeout: Duration::from_secs(5),
+            client_idle_timeout: Duration::from_secs(120),
+            max_request_header_size: 16384,
             max_idle_conns: 200,
             max_idle_conns_per_host: 0,
             circuit_breaker_enabled: false,
@@ -337,7 +395,13 @@ backends:
                 recovery_threshold: 5,
                 timeout: Duration::from_secs(60),
                 half_open_max_calls: 2,
+                failure_status_codes: vec![502, 503],
             },
+            rate_limit: Some(RateLimitConfig {
+                requests_per_second: 100,
+                burst: 250,
+            }),
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
             metrics_enabled: false,
             logging_enabled: false,
             graceful_shutdown: false,
@@ -352,87 +416,6 @@ backends:
         // Serialising gives YAML that reads back to the same config.
         let yaml = serde_yaml::to_string(&want).unwrap();
         assert_eq!(LoadBalancerConfig::from_yaml_str(&yaml), Ok(want));
-    }
-
-    #[test]
-    fn parse_errors_name_the_key_and_position() {
-        let backends = "backends:\n  - {id: a, url: \"http://127.0.0.1:1\"}\n";
-        let cases: Vec<(String, Vec<&str>)> = vec![
-            (
-                "port: 1\nbogus: 1\n".into(),
-                vec!["bogus: unknown key at line 2", "strategy"],
-            ),
-            (
-                "bogus: 1\n".into(),
-                vec!["bogus: unknown key at line 1 column 1; expected one of `strategy`"],
-            ),
-            (
-                "# c\n\"bogus\" : 1\n".into(),
-                vec!["bogus: unknown key at line 2"],
-            ),
-            (
-                "port: 1\nport: 2\n".into(),
-                vec!["port: duplicate key at line 2"],
-            ),
-            (
-                format!("{backends}  - id: b\n    url: \"http://127.0.0.1:2\"\n    wieght: 2\n"),
-                vec!["backends[1]", "unknown field `wieght`", "line 5"],
-            ),
-            (
-                "circuit_breaker:\n  timeout: 1s\n  treshold: 1\n".into(),
-                vec!["circuit_breaker", "unknown field `treshold`", "line 3"],
-            ),
-            (
-                "strategy: fastest\n".into(),
-                vec![
-                    "strategy: unknown variant `fastest`",
-                    "round_robin",
-                    "power_of_two_choices",
-                ],
-            ),
-            (
-                "health_check_interval: 30\n".into(),
-                vec![
-                    "health_check_interval: invalid duration 30: add a unit",
-                    "line 1",
-                ],
-            ),
-            (
-                "retry_backoff: 5x\n".into(),
-                vec!["retry_backoff: invalid duration \"5x\": unknown unit \"x\""],
-            ),
-            (
-                "circuit_breaker:\n  timeout: -1s\n".into(),
-                vec!["circuit_breaker.timeout: invalid duration \"-1s\": must not be negative"],
-            ),
-            (
-                "port: 70000\n".into(),
-                vec!["port: invalid value 70000: expected a port number 0-65535"],
-            ),
-            ("port: -1\n".into(), vec!["port: invalid value -1"]),
-            ("port: \"80\"\n".into(), vec!["port: invalid type: string"]),
-            (
-                "bind_address: 1.2.3\n".into(),
-                vec!["bind_address: invalid IP address syntax"],
-            ),
-            (
-                "admin_address: 127.0.0.1\n".into(),
-                vec!["admin_address: invalid socket address syntax"],
-            ),
-            (
-                "hash_key: ip\n".into(),
-                vec!["hash_key: invalid hash key \"ip\"", "client_ip"],
-            ),
-            (
-                "pingora: [1]\n".into(),
-                vec!["pingora: invalid type: sequence"],
-            ),
-            ("port: 1\nstrategy: \"open\n".into(), vec!["line 2"]),
-        ];
-        for (yaml, parts) in cases {
-            let errors = errors_of(LoadBalancerConfig::from_yaml_str(&yaml));
-            assert_one_error_contains(&yaml, &errors, &parts);
-        }
     }
 
     const EXAMPLE: &str = include_str!("../../conf/fulcrum.yaml");
@@ -461,10 +444,8 @@ backends:
 
     #[test]
     fn example_and_reference_show_every_key() {
-        let mut keys: Vec<String> = scalar_keys(&LoadBalancerConfig::default())
-            .into_keys()
-            .collect();
-        keys.extend(["pingora".to_string(), "backends".to_string()]);
+        let mut keys: Vec<String> = scalar_keys(&every_key_config()).into_keys().collect();
+        keys.extend(["pingora", "backends", "rate_limit"].map(String::from));
         keys.extend(
             ["threads", "pid_file", "upgrade_sock", "daemon"].map(|k| format!("pingora.{k}")),
         );
@@ -473,7 +454,8 @@ backends:
             assert!(
                 EXAMPLE.lines().any(|l| l
                     .trim_start()
-                    .trim_start_matches("# ")
+                    .trim_start_matches('#')
+                    .trim_start()
                     .starts_with(&format!("{leaf}:"))),
                 "conf/fulcrum.yaml does not show {key}"
             );
@@ -482,6 +464,28 @@ backends:
                 "conf/README-config.md has no row for {key}"
             );
         }
+    }
+
+    #[test]
+    fn example_rate_limit_block_loads_when_uncommented() {
+        let block: String = EXAMPLE
+            .lines()
+            .skip_while(|l| !l.starts_with("# rate_limit:"))
+            .take_while(|l| l.starts_with("# rate_limit:") || l.starts_with("#   "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        assert!(
+            block.lines().count() >= 3,
+            "no rate_limit example: {block:?}"
+        );
+        let c = LoadBalancerConfig::from_yaml_str(&block).unwrap();
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimitConfig {
+                requests_per_second: 100,
+                burst: 200
+            })
+        );
     }
 
     #[test]

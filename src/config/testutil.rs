@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_yaml::Value;
 
-use super::{ConfigError, LoadBalancerConfig};
+use super::{ConfigError, LoadBalancerConfig, RateLimitConfig};
 
 /// An environment lookup holding exactly `pairs`.
 pub(super) fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -31,7 +31,8 @@ pub(super) fn assert_one_error_contains(what: &str, errors: &[String], parts: &[
     );
 }
 
-/// Top-level keys and `circuit_breaker.*` keys that hold a scalar.
+/// Top-level keys and the keys of nested sections (`circuit_breaker.timeout`), with their values;
+/// `pingora` and `backends` are left out.
 pub(super) fn scalar_keys(config: &LoadBalancerConfig) -> BTreeMap<String, Value> {
     let Value::Mapping(top) = serde_yaml::to_value(config).unwrap() else {
         panic!("config does not serialise to a mapping");
@@ -53,4 +54,16 @@ pub(super) fn scalar_keys(config: &LoadBalancerConfig) -> BTreeMap<String, Value
         }
     }
     keys
+}
+
+/// The defaults, with every optional section present (`rate_limit`), so that
+/// [`scalar_keys`] lists every key.
+pub(super) fn every_key_config() -> LoadBalancerConfig {
+    LoadBalancerConfig {
+        rate_limit: Some(RateLimitConfig {
+            requests_per_second: 100,
+            burst: 200,
+        }),
+        ..LoadBalancerConfig::default()
+    }
 }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use super::{format_duration, ConfigError, LoadBalancerConfig, MAX_RETRIES_LIMIT};
+use super::{
+    format_duration, ConfigError, LoadBalancerConfig, MAX_RETRIES_LIMIT, REQUEST_HEADER_SIZE_RANGE,
+};
 
 impl LoadBalancerConfig {
     /// Runs every semantic check and reports all failures.
@@ -17,6 +19,9 @@ impl LoadBalancerConfig {
             ("health_check_timeout", self.health_check_timeout),
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("client_header_timeout", self.client_header_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
             ("circuit_breaker.timeout", self.circuit_breaker.timeout),
         ];
         for (key, d) in positive {
@@ -35,7 +40,7 @@ impl LoadBalancerConfig {
         if let Err(e) = check_health_path(&self.health_check_path) {
             err(format!("health_check_path: {e}"));
         }
-        let at_least_one = [
+        let mut at_least_one = vec![
             ("healthy_threshold", self.healthy_threshold),
             ("unhealthy_threshold", self.unhealthy_threshold),
             (
@@ -51,6 +56,10 @@ impl LoadBalancerConfig {
                 self.circuit_breaker.half_open_max_calls,
             ),
         ];
+        if let Some(r) = &self.rate_limit {
+            at_least_one.push(("rate_limit.requests_per_second", r.requests_per_second));
+            at_least_one.push(("rate_limit.burst", r.burst));
+        }
         for (key, n) in at_least_one {
             if n == 0 {
                 err(format!("{key}: must be at least 1"));
@@ -61,6 +70,36 @@ impl LoadBalancerConfig {
                 "max_retries: must be at most {MAX_RETRIES_LIMIT}, got {}",
                 self.max_retries
             ));
+        }
+        if self.retry_backoff_max < self.retry_backoff {
+            err(format!(
+                "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be at \
+                 least the first retry's delay",
+                format_duration(self.retry_backoff_max),
+                format_duration(self.retry_backoff)
+            ));
+        }
+        if self.retry_budget_percent > 100 {
+            err(format!(
+                "retry_budget_percent: must be at most 100, got {}",
+                self.retry_budget_percent
+            ));
+        }
+        if !REQUEST_HEADER_SIZE_RANGE.contains(&self.max_request_header_size) {
+            err(format!(
+                "max_request_header_size: must be between {} and {} bytes, got {}",
+                REQUEST_HEADER_SIZE_RANGE.start(),
+                REQUEST_HEADER_SIZE_RANGE.end(),
+                self.max_request_header_size
+            ));
+        }
+        for (i, &code) in self.circuit_breaker.failure_status_codes.iter().enumerate() {
+            if !(100..=599).contains(&code) {
+                err(format!(
+                    "circuit_breaker.failure_status_codes[{i}]: must be an HTTP status code \
+                     100-599, got {code}"
+                ));
+            }
         }
         if !is_token(&self.session_cookie_name) {
             err(format!(
@@ -86,12 +125,6 @@ impl LoadBalancerConfig {
             if file.is_some() {
                 err(format!("{key}: {}", later("TLS termination lands")));
             }
-        }
-        if self.circuit_breaker_enabled {
-            err(format!(
-                "circuit_breaker_enabled: {}",
-                later("circuit breakers land")
-            ));
         }
         if self.max_idle_conns_per_host != 0 {
             err(
@@ -244,10 +277,6 @@ mod tests {
                 vec!["enable_sticky_sessions: not supported yet (sticky sessions land in a later release)"],
             ),
             (
-                "circuit_breaker_enabled: true\n".into(),
-                vec!["circuit_breaker_enabled: not supported yet (circuit breakers land in a later release)"],
-            ),
-            (
                 "max_idle_conns_per_host: 5\n".into(),
                 vec!["max_idle_conns_per_host: not supported: Pingora keeps idle upstream connections in one LRU shared by all backends; size it with max_idle_conns"],
             ),
@@ -300,5 +329,84 @@ mod tests {
                     health_check_timeout: 30s\nshutdown_timeout: 0s\nretry_backoff: 0s\n\
                     pingora: {version: 1, pid_file: /run/f.pid, client_bind_to_ipv6: [\"::1\"]}\n";
         LoadBalancerConfig::from_yaml_str(yaml).unwrap();
+    }
+
+    #[test]
+    fn accepts_edge_values_of_the_resilience_keys() {
+        let cases = [
+            "retry_backoff: 0s\nretry_backoff_max: 0s\n",
+            "retry_backoff: 2s\nretry_backoff_max: 2s\n",
+            "retry_budget_percent: 0\n",
+            "retry_budget_percent: 100\n",
+            "max_request_header_size: 1024\n",
+            "max_request_header_size: 1048576\n",
+            "circuit_breaker_enabled: true\ncircuit_breaker: {failure_status_codes: [100, 599]}\n",
+            "circuit_breaker: {failure_status_codes: []}\n",
+            "rate_limit: {requests_per_second: 1, burst: 1}\n",
+            "trusted_proxies: [0.0.0.0/0, \"::/0\"]\n",
+            "connect_timeout: 1ns\nclient_header_timeout: 1ms\nclient_idle_timeout: 1h\n",
+        ];
+        for yaml in cases {
+            if let Err(e) = LoadBalancerConfig::from_yaml_str(yaml) {
+                panic!("{yaml:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn resilience_key_errors_name_the_key() {
+        let cases: [(&str, &[&str]); 14] = [
+            ("connect_timeout: 0s", &["connect_timeout: must be greater than 0s"]),
+            ("client_header_timeout: 0s", &["client_header_timeout: must be greater than 0s"]),
+            ("client_idle_timeout: 0ms", &["client_idle_timeout: must be greater than 0s"]),
+            (
+                "retry_backoff: 3s",
+                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
+            ),
+            (
+                "retry_backoff_max: 50ms",
+                &["retry_backoff_max: 50ms is smaller than retry_backoff (100ms)"],
+            ),
+            ("retry_budget_percent: 101", &["retry_budget_percent: must be at most 100, got 101"]),
+            (
+                "max_request_header_size: 1023",
+                &["max_request_header_size: must be between 1024 and 1048576 bytes, got 1023"],
+            ),
+            (
+                "max_request_header_size: 1048577",
+                &["max_request_header_size: must be between 1024 and 1048576 bytes, got 1048577"],
+            ),
+            (
+                "circuit_breaker: {failure_status_codes: [500, 99, 600]}",
+                &["circuit_breaker.failure_status_codes[1]: must be an HTTP status code 100-599, got 99"],
+            ),
+            (
+                "circuit_breaker: {failure_status_codes: [500, 99, 600]}",
+                &["circuit_breaker.failure_status_codes[2]: must be an HTTP status code 100-599, got 600"],
+            ),
+            (
+                "rate_limit: {requests_per_second: 0, burst: 5}",
+                &["rate_limit.requests_per_second: must be at least 1"],
+            ),
+            (
+                "rate_limit: {requests_per_second: 5, burst: 0}",
+                &["rate_limit.burst: must be at least 1"],
+            ),
+            (
+                "trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]",
+                &["trusted_proxies[1]: \"10.0.0.0/33\": prefix length must be 0 to 32", "line 1"],
+            ),
+            (
+                "trusted_proxies:\n  - 127.0.0.1\n  - proxy.local\n",
+                &["trusted_proxies[1]: \"proxy.local\" is not an IP address or CIDR network", "line 3"],
+            ),
+        ];
+        for (yaml, parts) in cases {
+            let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+            assert_one_error_contains(yaml, &errors, parts);
+        }
+        // Breakers are supported now.
+        let c = LoadBalancerConfig::from_yaml_str("circuit_breaker_enabled: true").unwrap();
+        assert!(c.circuit_breaker_enabled);
     }
 }
