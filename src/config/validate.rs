@@ -1,0 +1,412 @@
+//! [`LoadBalancerConfig::validate`]: the semantic checks serde cannot express (ranges, relations
+//! between keys, features not supported yet, backend ids and addresses), all run, all reported.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use super::{
+    format_duration, ConfigError, LoadBalancerConfig, MAX_RETRIES_LIMIT, REQUEST_HEADER_SIZE_RANGE,
+};
+
+impl LoadBalancerConfig {
+    /// Runs every semantic check and reports all failures.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |m: String| errors.push(m);
+        let positive = [
+            ("health_check_interval", self.health_check_interval),
+            ("health_check_timeout", self.health_check_timeout),
+            ("session_timeout", self.session_timeout),
+            ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("client_header_timeout", self.client_header_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
+            ("circuit_breaker.timeout", self.circuit_breaker.timeout),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                err(format!("{key}: must be greater than 0s"));
+            }
+        }
+        if self.health_check_timeout > self.health_check_interval {
+            err(format!(
+                "health_check_timeout: {} is longer than health_check_interval ({}); a check \
+                 must finish before the next one starts",
+                format_duration(self.health_check_timeout),
+                format_duration(self.health_check_interval)
+            ));
+        }
+        if let Err(e) = check_health_path(&self.health_check_path) {
+            err(format!("health_check_path: {e}"));
+        }
+        let mut at_least_one = vec![
+            ("healthy_threshold", self.healthy_threshold),
+            ("unhealthy_threshold", self.unhealthy_threshold),
+            (
+                "circuit_breaker.failure_threshold",
+                self.circuit_breaker.failure_threshold,
+            ),
+            (
+                "circuit_breaker.recovery_threshold",
+                self.circuit_breaker.recovery_threshold,
+            ),
+            (
+                "circuit_breaker.half_open_max_calls",
+                self.circuit_breaker.half_open_max_calls,
+            ),
+        ];
+        if let Some(r) = &self.rate_limit {
+            at_least_one.push(("rate_limit.requests_per_second", r.requests_per_second));
+            at_least_one.push(("rate_limit.burst", r.burst));
+        }
+        for (key, n) in at_least_one {
+            if n == 0 {
+                err(format!("{key}: must be at least 1"));
+            }
+        }
+        if self.max_retries > MAX_RETRIES_LIMIT {
+            err(format!(
+                "max_retries: must be at most {MAX_RETRIES_LIMIT}, got {}",
+                self.max_retries
+            ));
+        }
+        if self.retry_backoff_max < self.retry_backoff {
+            err(format!(
+                "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be at \
+                 least the first retry's delay",
+                format_duration(self.retry_backoff_max),
+                format_duration(self.retry_backoff)
+            ));
+        }
+        if self.retry_budget_percent > 100 {
+            err(format!(
+                "retry_budget_percent: must be at most 100, got {}",
+                self.retry_budget_percent
+            ));
+        }
+        if !REQUEST_HEADER_SIZE_RANGE.contains(&self.max_request_header_size) {
+            err(format!(
+                "max_request_header_size: must be between {} and {} bytes, got {}",
+                REQUEST_HEADER_SIZE_RANGE.start(),
+                REQUEST_HEADER_SIZE_RANGE.end(),
+                self.max_request_header_size
+            ));
+        }
+        for (i, &code) in self.circuit_breaker.failure_status_codes.iter().enumerate() {
+            if !(100..=599).contains(&code) {
+                err(format!(
+                    "circuit_breaker.failure_status_codes[{i}]: must be an HTTP status code \
+                     100-599, got {code}"
+                ));
+            }
+        }
+        if !is_token(&self.session_cookie_name) {
+            err(format!(
+                "session_cookie_name: {:?} is not a valid cookie name (RFC 6265: letters, digits \
+                 and !#$%&'*+-.^_`|~, not empty)",
+                self.session_cookie_name
+            ));
+        }
+        let later = |what: &str| format!("not supported yet ({what} in a later release)");
+        if self.enable_sticky_sessions {
+            err(format!(
+                "enable_sticky_sessions: {}",
+                later("sticky sessions land")
+            ));
+        }
+        if self.enable_ssl {
+            err(format!("enable_ssl: {}", later("TLS termination lands")));
+        }
+        for (key, file) in [
+            ("ssl_cert_file", &self.ssl_cert_file),
+            ("ssl_key_file", &self.ssl_key_file),
+        ] {
+            if file.is_some() {
+                err(format!("{key}: {}", later("TLS termination lands")));
+            }
+        }
+        if self.max_idle_conns_per_host != 0 {
+            err(
+                "max_idle_conns_per_host: not supported: Pingora keeps idle upstream connections \
+                 in one LRU shared by all backends; size it with max_idle_conns"
+                    .to_string(),
+            );
+        }
+        let (admin_ip, bind_ip) = (self.admin_address.ip(), self.bind_address);
+        if self.port != 0
+            && self.admin_address.port() == self.port
+            && (admin_ip == bind_ip || admin_ip.is_unspecified() || bind_ip.is_unspecified())
+        {
+            err(format!(
+                "admin_address: {} uses the traffic listener's port (port: {})",
+                self.admin_address, self.port
+            ));
+        }
+        self.pingora.check(&mut errors);
+        self.check_backends(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::from_messages(errors))
+        }
+    }
+
+    fn check_backends(&self, errors: &mut Vec<String>) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let label = format!("backends[{i}] (id {:?})", b.id);
+            match ids.get(b.id.as_str()) {
+                Some(j) => errors.push(format!("{label}: id: duplicates backends[{j}]")),
+                None => {
+                    ids.insert(&b.id, i);
+                }
+            }
+            match b.validate() {
+                Err(e) => errors.push(format!("{label}: {e}")),
+                Ok(addr) => match addrs.get(&addr) {
+                    Some(&j) => errors.push(format!(
+                        "{label}: url: {:?} is the same address ({addr}) as backends[{j}] (id {:?})",
+                        b.url, self.backends[j].id
+                    )),
+                    None => {
+                        addrs.insert(addr, i);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Health-check paths are sent as the request target, so they must be an origin-form path.
+fn check_health_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("must start with '/', got {path:?}"));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain spaces or control characters: {path:?}"
+        ));
+    }
+    http::uri::PathAndQuery::from_str(path)
+        .map(|_| ())
+        .map_err(|e| format!("not a valid request path {path:?}: {e}"))
+}
+
+/// RFC 6265 cookie-name = RFC 7230 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testutil::{assert_one_error_contains, errors_of};
+    use crate::config::LoadBalancerConfig;
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let two = |a: &str, b: &str| {
+            format!("backends:\n  - {{id: web1, url: \"{a}\"}}\n  - {{id: web2, url: \"{b}\"}}\n")
+        };
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            ("pingora:\n  thread: 2\n".into(), vec!["pingora.thread: unknown key; did you mean threads?"]),
+            ("pingora:\n  bogus: 2\n".into(), vec!["pingora.bogus: unknown key; expected one of", "pid_file"]),
+            (
+                "pingora:\n  grace_period_seconds: 1\n".into(),
+                vec!["pingora.grace_period_seconds:", "shutdown_timeout"],
+            ),
+            (
+                "pingora:\n  graceful_shutdown_timeout_seconds: 1\n".into(),
+                vec!["pingora.graceful_shutdown_timeout_seconds:", "shutdown_timeout"],
+            ),
+            ("pingora:\n  max_retries: 1\n".into(), vec!["pingora.max_retries:", "top-level max_retries"]),
+            (
+                "pingora:\n  upstream_keepalive_pool_size: 1\n".into(),
+                vec!["pingora.upstream_keepalive_pool_size:", "max_idle_conns"],
+            ),
+            ("pingora:\n  threads: many\n".into(), vec!["pingora.threads: invalid type: string"]),
+            ("pingora:\n  threads: 0\n".into(), vec!["pingora.threads: must be at least 1"]),
+            ("pingora:\n  pid_file: run/f.pid\n".into(), vec!["pingora.pid_file: must be an absolute path"]),
+            (
+                "pingora:\n  upgrade_sock: f.sock\n".into(),
+                vec!["pingora.upgrade_sock: must be an absolute path"],
+            ),
+            (
+                "pingora:\n  client_bind_to_ipv4: [\"::1\"]\n".into(),
+                vec!["pingora.client_bind_to_ipv4[0]: not an IPv4 address"],
+            ),
+            (
+                "pingora:\n  max_blocking_threads: 0\n".into(),
+                vec!["pingora.max_blocking_threads: must be greater than zero"],
+            ),
+            ("health_check_path: health\n".into(), vec!["health_check_path: must start with '/'"]),
+            ("health_check_path: /a b\n".into(), vec!["health_check_path: must not contain spaces"]),
+            ("health_check_interval: 0s\n".into(), vec!["health_check_interval: must be greater than 0s"]),
+            ("request_timeout: 0ms\n".into(), vec!["request_timeout: must be greater than 0s"]),
+            (
+                "circuit_breaker: {timeout: 0s}\n".into(),
+                vec!["circuit_breaker.timeout: must be greater than 0s"],
+            ),
+            (
+                "health_check_interval: 5s\nhealth_check_timeout: 10s\n".into(),
+                vec!["health_check_timeout: 10s", "health_check_interval (5s)"],
+            ),
+            ("healthy_threshold: 0\n".into(), vec!["healthy_threshold: must be at least 1"]),
+            ("unhealthy_threshold: 0\n".into(), vec!["unhealthy_threshold: must be at least 1"]),
+            (
+                "circuit_breaker: {failure_threshold: 0}\n".into(),
+                vec!["circuit_breaker.failure_threshold: must be at least 1"],
+            ),
+            ("max_retries: 11\n".into(), vec!["max_retries: must be at most 10, got 11"]),
+            ("session_cookie_name: \"a b\"\n".into(), vec!["session_cookie_name: \"a b\" is not a valid cookie name"]),
+            ("session_cookie_name: \"\"\n".into(), vec!["session_cookie_name:"]),
+            (
+                "enable_ssl: true\n".into(),
+                vec!["enable_ssl: not supported yet (TLS termination lands in a later release)"],
+            ),
+            (
+                "ssl_cert_file: /etc/c.pem\n".into(),
+                vec!["ssl_cert_file: not supported yet (TLS termination lands in a later release)"],
+            ),
+            ("ssl_key_file: /etc/k.pem\n".into(), vec!["ssl_key_file: not supported yet"]),
+            (
+                "enable_sticky_sessions: true\n".into(),
+                vec!["enable_sticky_sessions: not supported yet (sticky sessions land in a later release)"],
+            ),
+            (
+                "max_idle_conns_per_host: 5\n".into(),
+                vec!["max_idle_conns_per_host: not supported: Pingora keeps idle upstream connections in one LRU shared by all backends; size it with max_idle_conns"],
+            ),
+            ("admin_address: 0.0.0.0:8080\n".into(), vec!["admin_address: 0.0.0.0:8080 uses the traffic listener's port"]),
+            (
+                "backends:\n  - {id: web1, url: \"http://127.0.0.1:1\"}\n  - {id: web1, url: \"http://127.0.0.1:2\"}\n"
+                    .into(),
+                vec!["backends[1] (id \"web1\"): id: duplicates backends[0]"],
+            ),
+            (
+                two("http://127.0.0.1:8001", "http://127.0.0.1:8001/"),
+                vec!["backends[1] (id \"web2\"): url:", "same address (127.0.0.1:8001) as backends[0] (id \"web1\")"],
+            ),
+            (
+                "backends:\n  - {id: web1, url: \"http://127.0.0.1:1\"}\n  - {id: web2, url: \"http://127.0.0.1:2\", weight: 0}\n"
+                    .into(),
+                vec!["backends[1] (id \"web2\"): weight: must be between 1 and 1000, got 0"],
+            ),
+            (two("http://127.0.0.1:1", "127.0.0.1:2"), vec!["backends[1] (id \"web2\"): url: ", "not a URL"]),
+            (
+                "backends:\n  - {id: \"a b\", url: \"http://127.0.0.1:1\"}\n".into(),
+                vec!["backends[0] (id \"a b\"): id:"],
+            ),
+        ];
+        for (yaml, parts) in cases {
+            let errors = errors_of(LoadBalancerConfig::from_yaml_str(&yaml));
+            assert_one_error_contains(&yaml, &errors, &parts);
+        }
+    }
+
+    #[test]
+    fn collects_every_validation_error() {
+        let yaml = "max_retries: 11\nenable_ssl: true\nhealthy_threshold: 0\npingora: {bogus: 1, pid_file: x}\n";
+        let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+        for key in [
+            "max_retries:",
+            "enable_ssl:",
+            "healthy_threshold:",
+            "pingora.bogus:",
+        ] {
+            assert_one_error_contains(yaml, &errors, &[key]);
+        }
+        // The section's type errors are reported before its semantic checks run.
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+    }
+
+    #[test]
+    fn accepts_edge_values() {
+        let yaml = "port: 0\nadmin_address: 127.0.0.1:0\nmax_retries: 10\nmax_idle_conns: 0\n\
+                    health_check_timeout: 30s\nshutdown_timeout: 0s\nretry_backoff: 0s\n\
+                    pingora: {version: 1, pid_file: /run/f.pid, client_bind_to_ipv6: [\"::1\"]}\n";
+        LoadBalancerConfig::from_yaml_str(yaml).unwrap();
+    }
+
+    #[test]
+    fn accepts_edge_values_of_the_resilience_keys() {
+        let cases = [
+            "retry_backoff: 0s\nretry_backoff_max: 0s\n",
+            "retry_backoff: 2s\nretry_backoff_max: 2s\n",
+            "retry_budget_percent: 0\n",
+            "retry_budget_percent: 100\n",
+            "max_request_header_size: 1024\n",
+            "max_request_header_size: 1048576\n",
+            "circuit_breaker_enabled: true\ncircuit_breaker: {failure_status_codes: [100, 599]}\n",
+            "circuit_breaker: {failure_status_codes: []}\n",
+            "rate_limit: {requests_per_second: 1, burst: 1}\n",
+            "trusted_proxies: [0.0.0.0/0, \"::/0\"]\n",
+            "connect_timeout: 1ns\nclient_header_timeout: 1ms\nclient_idle_timeout: 1h\n",
+        ];
+        for yaml in cases {
+            if let Err(e) = LoadBalancerConfig::from_yaml_str(yaml) {
+                panic!("{yaml:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn resilience_key_errors_name_the_key() {
+        let cases: [(&str, &[&str]); 14] = [
+            ("connect_timeout: 0s", &["connect_timeout: must be greater than 0s"]),
+            ("client_header_timeout: 0s", &["client_header_timeout: must be greater than 0s"]),
+            ("client_idle_timeout: 0ms", &["client_idle_timeout: must be greater than 0s"]),
+            (
+                "retry_backoff: 3s",
+                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
+            ),
+            (
+                "retry_backoff_max: 50ms",
+                &["retry_backoff_max: 50ms is smaller than retry_backoff (100ms)"],
+            ),
+            ("retry_budget_percent: 101", &["retry_budget_percent: must be at most 100, got 101"]),
+            (
+                "max_request_header_size: 1023",
+                &["max_request_header_size: must be between 1024 and 1048576 bytes, got 1023"],
+            ),
+            (
+                "max_request_header_size: 1048577",
+                &["max_request_header_size: must be between 1024 and 1048576 bytes, got 1048577"],
+            ),
+            (
+                "circuit_breaker: {failure_status_codes: [500, 99, 600]}",
+                &["circuit_breaker.failure_status_codes[1]: must be an HTTP status code 100-599, got 99"],
+            ),
+            (
+                "circuit_breaker: {failure_status_codes: [500, 99, 600]}",
+                &["circuit_breaker.failure_status_codes[2]: must be an HTTP status code 100-599, got 600"],
+            ),
+            (
+                "rate_limit: {requests_per_second: 0, burst: 5}",
+                &["rate_limit.requests_per_second: must be at least 1"],
+            ),
+            (
+                "rate_limit: {requests_per_second: 5, burst: 0}",
+                &["rate_limit.burst: must be at least 1"],
+            ),
+            (
+                "trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]",
+                &["trusted_proxies[1]: \"10.0.0.0/33\": prefix length must be 0 to 32", "line 1"],
+            ),
+            (
+                "trusted_proxies:\n  - 127.0.0.1\n  - proxy.local\n",
+                &["trusted_proxies[1]: \"proxy.local\" is not an IP address or CIDR network", "line 3"],
+            ),
+        ];
+        for (yaml, parts) in cases {
+            let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+            assert_one_error_contains(yaml, &errors, parts);
+        }
+        // Breakers are supported now.
+        let c = LoadBalancerConfig::from_yaml_str("circuit_breaker_enabled: true").unwrap();
+        assert!(c.circuit_breaker_enabled);
+    }
+}
