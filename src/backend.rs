@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use pingora_load_balancing::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::health::HealthTracker;
 
 /// Largest accepted backend weight. Smooth weighted round robin precomputes one period of
@@ -288,11 +289,21 @@ pub struct BackendState {
     pub stats: BackendStats,
     /// Active health-check view (unknown until the first check).
     pub health: HealthTracker,
+    /// Circuit breaker, when `circuit_breaker_enabled`.
+    pub breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl BackendState {
-    /// Validates `server` and creates its state.
+    /// Validates `server` and creates its state, without a circuit breaker.
     pub fn new(server: BackendServer) -> Result<Arc<Self>, String> {
+        Self::with_breaker(server, None)
+    }
+
+    /// Validates `server` and creates its state, with a breaker when `breaker` is given.
+    pub fn with_breaker(
+        server: BackendServer,
+        breaker: Option<BreakerSettings>,
+    ) -> Result<Arc<Self>, String> {
         let addr = server
             .validate()
             .map_err(|e| format!("backend {:?}: {e}", server.id))?;
@@ -301,6 +312,7 @@ impl BackendState {
             addr,
             stats: BackendStats::default(),
             health: HealthTracker::default(),
+            breaker: breaker.map(|b| Arc::new(CircuitBreaker::new(b))),
         }))
     }
 
@@ -347,6 +359,27 @@ impl InFlightGuard {
         Self { state }
     }
 
+    /// Counts a new request to `state` if that keeps it within its `capacity` (checked and
+    /// reserved in one atomic step, so concurrent requests never overshoot).
+    pub fn try_new(state: &Arc<BackendState>) -> Option<Self> {
+        let capacity = state.server.capacity;
+        if capacity > 0 {
+            state
+                .stats
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < capacity).then_some(n + 1)
+                })
+                .ok()?;
+        } else {
+            state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        state.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            state: state.clone(),
+        })
+    }
+
     /// The backend this guard counts against.
     pub fn state(&self) -> &Arc<BackendState> {
         &self.state
@@ -364,12 +397,21 @@ impl Drop for InFlightGuard {
 #[derive(Debug, Default)]
 pub struct Registry {
     backends: ArcSwap<Vec<Arc<BackendState>>>,
+    breaker: Option<BreakerSettings>,
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry whose backends have no circuit breaker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry whose backends each get a circuit breaker with these settings.
+    pub fn with_breakers(breaker: Option<BreakerSettings>) -> Self {
+        Self {
+            breaker,
+            ..Self::default()
+        }
     }
 
     /// A snapshot of all backends.
@@ -384,7 +426,7 @@ impl Registry {
 
     /// Adds a backend; its id and address must be new.
     pub fn add(&self, server: BackendServer) -> Result<Arc<BackendState>, String> {
-        let state = BackendState::new(server)?;
+        let state = BackendState::with_breaker(server, self.breaker)?;
         let mut result = Ok(state.clone());
         self.backends.rcu(|current| {
             let mut next = Vec::clone(current);
@@ -518,6 +560,23 @@ mod tests {
         assert_eq!(state.stats.in_flight(), 1);
         drop(g2);
         assert_eq!((state.stats.in_flight(), state.stats.requests()), (0, 2));
+    }
+
+    #[test]
+    fn try_new_respects_capacity() {
+        let mut server = BackendServer::new("a", "http://127.0.0.1:1");
+        server.capacity = 2;
+        let state = BackendState::new(server).unwrap();
+        let g1 = InFlightGuard::try_new(&state).unwrap();
+        let _g2 = InFlightGuard::try_new(&state).unwrap();
+        assert!(InFlightGuard::try_new(&state).is_none());
+        drop(g1);
+        assert!(InFlightGuard::try_new(&state).is_some());
+        let unlimited = BackendState::new(BackendServer::new("b", "http://127.0.0.1:2")).unwrap();
+        let guards: Vec<_> = (0..100)
+            .filter_map(|_| InFlightGuard::try_new(&unlimited))
+            .collect();
+        assert_eq!(guards.len(), 100);
     }
 
     #[test]

@@ -34,6 +34,10 @@ struct DemoStats {
     health_checks: AtomicU64,
     healthy: AtomicBool,
     latency_ms: AtomicU64,
+    /// Status for ordinary requests; 0 = answer normally with 200.
+    status: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// A running demo backend.
@@ -119,6 +123,16 @@ impl DemoBackend {
         self.stats
             .latency_ms
             .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes ordinary requests (not `/health`) answer with `status` (0 = normal 200 answers).
+    pub fn set_status(&self, status: u16) {
+        self.stats.status.store(u64::from(status), Ordering::SeqCst);
+    }
+
+    /// Most requests it has served at the same time.
+    pub fn max_concurrent(&self) -> u64 {
+        self.stats.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every connection; further connects are refused.
@@ -266,6 +280,14 @@ async fn skip_body(reader: &mut BufReader<TcpStream>, head: &Head) -> io::Result
     Ok(())
 }
 
+fn status_line(code: http::StatusCode) -> String {
+    format!(
+        "{} {}",
+        code.as_u16(),
+        code.canonical_reason().unwrap_or("Unknown")
+    )
+}
+
 async fn serve_conn(stream: TcpStream, id: &str, stats: &DemoStats) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream);
@@ -274,24 +296,35 @@ async fn serve_conn(stream: TcpStream, id: &str, stats: &DemoStats) -> io::Resul
         let (status, body) = if head.path == "/health" {
             stats.health_checks.fetch_add(1, Ordering::SeqCst);
             if stats.healthy.load(Ordering::SeqCst) {
-                ("200 OK", "ok\n".to_string())
+                ("200 OK".to_string(), "ok\n".to_string())
             } else {
-                ("503 Service Unavailable", "unhealthy\n".to_string())
+                (
+                    "503 Service Unavailable".to_string(),
+                    "unhealthy\n".to_string(),
+                )
             }
         } else {
             stats.hits.fetch_add(1, Ordering::SeqCst);
+            let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let latency = stats.latency_ms.load(Ordering::SeqCst);
             if latency > 0 {
                 tokio::time::sleep(Duration::from_millis(latency)).await;
             }
-            if head.path == "/debug/headers" {
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let forced = stats.status.load(Ordering::SeqCst);
+            if forced != 0 {
+                let code = http::StatusCode::from_u16(forced as u16)
+                    .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                (status_line(code), format!("{} from {id}\n", code.as_u16()))
+            } else if head.path == "/debug/headers" {
                 let mut body = String::new();
                 for (k, v) in &head.headers {
                     body.push_str(&format!("{}: {v}\n", k.to_ascii_lowercase()));
                 }
-                ("200 OK", body)
+                ("200 OK".to_string(), body)
             } else {
-                ("200 OK", format!("Response from {id}"))
+                ("200 OK".to_string(), format!("Response from {id}"))
             }
         };
         let body = if head.method == "HEAD" { "" } else { &body };

@@ -82,8 +82,10 @@ async fn read_head(
     }
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
     loop {
-        if head_end(&buf).is_some() {
-            return Ok(buf);
+        match head_end(&buf) {
+            Some(end) if end > limits.max_header_size => return Err(HeadError::TooLarge),
+            Some(_) => return Ok(buf),
+            None => {}
         }
         if buf.len() > limits.max_header_size {
             return Err(HeadError::TooLarge);

@@ -22,11 +22,14 @@ pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod headers;
 pub mod health;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
+pub(crate) mod rng;
 pub mod server;
+pub mod upstream;
 
 pub use backend::BackendServer;
 pub use balance::Strategy;

@@ -11,7 +11,66 @@
 //! and randomness from the caller, so they are tested without sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::rng::SplitMix64;
+
+/// When and how often a failed request is retried (`max_retries`, backoff, budget).
+#[derive(Debug)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    backoff: Backoff,
+    budget: RetryBudget,
+    epoch: Instant,
+    rng: SplitMix64,
+    exhausted: AtomicU64,
+}
+
+impl RetryPolicy {
+    /// A policy allowing `max_retries` retries per request within `budget_percent` % of traffic.
+    pub fn new(max_retries: u32, backoff: Backoff, budget_percent: u32, seed: u64) -> Self {
+        Self {
+            max_retries,
+            backoff,
+            budget: RetryBudget::new(budget_percent),
+            epoch: Instant::now(),
+            rng: SplitMix64::new(seed),
+            exhausted: AtomicU64::new(0),
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Counts a client request (the budget is a share of these).
+    pub fn record_request(&self, now: Instant) {
+        self.budget.record_request(self.second(now));
+    }
+
+    /// Whether a request that has made `attempts` attempts may make another, taking it from the
+    /// budget if so.
+    pub fn allow(&self, attempts: u32, now: Instant) -> bool {
+        if attempts > self.max_retries {
+            return false;
+        }
+        if self.budget.try_retry(self.second(now)) {
+            return true;
+        }
+        self.exhausted.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// The wait before retry number `retry` (1-based), jittered.
+    pub fn delay(&self, retry: u32) -> Duration {
+        self.backoff.delay(retry, self.rng.next_u64())
+    }
+
+    /// Retries refused because the budget was spent.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.exhausted.load(Ordering::Relaxed)
+    }
+}
 
 /// Exponential backoff with full jitter, capped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +249,26 @@ mod tests {
             (400..600).contains(&low),
             "half below the midpoint, got {low}"
         );
+    }
+
+    #[test]
+    fn policy_caps_attempts_and_counts_exhaustion() {
+        let backoff = Backoff::new(ms(10), ms(100)).unwrap();
+        let policy = RetryPolicy::new(2, backoff, 0, 7);
+        let now = Instant::now();
+        assert!(policy.allow(1, now));
+        assert!(policy.allow(2, now));
+        assert!(
+            !policy.allow(3, now),
+            "max_retries = 2 allows attempts 2 and 3 only"
+        );
+        assert_eq!(policy.budget_exhausted(), 0);
+        // 0 % budget: only the floor of 3 retries/s over the 10 s window
+        let spent = (0..100).filter(|_| policy.allow(1, now)).count() as u64;
+        assert_eq!(spent + 2, RetryBudget::MIN_RETRIES_PER_SEC * WINDOW_SECS);
+        assert_eq!(policy.budget_exhausted(), 100 - spent);
+        assert!(policy.delay(1) <= ms(10));
+        assert!(policy.delay(9) <= ms(100));
     }
 
     #[test]

@@ -23,12 +23,13 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
 use crate::admin::AdminApp;
 use crate::backend::{BackendServer, Registry};
 use crate::balance::{BalanceConfig, Balancer};
+use crate::breaker::BreakerSettings;
 use crate::config::{ConfigError, LoadBalancerConfig};
+use crate::downstream::{ClientLimits, GuardedApp};
 use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
-use crate::proxy::{Proxy, ProxySettings};
-
-/// TCP connect timeout for upstream connections.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::proxy::{Proxy, ProxySettings, StatusSet};
+use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::retry::{Backoff, RetryPolicy};
 
 /// Feeds pingora's load balancer the registry's current backends.
 pub struct RegistryDiscovery {
@@ -90,7 +91,13 @@ impl LoadBalancer {
     /// where the server will listen.
     pub fn new(config: LoadBalancerConfig) -> Result<Self, StartError> {
         config.validate()?;
-        let registry = Arc::new(Registry::new());
+        let breakers = config.circuit_breaker_enabled.then_some(BreakerSettings {
+            failure_threshold: config.circuit_breaker.failure_threshold,
+            recovery_threshold: config.circuit_breaker.recovery_threshold,
+            timeout: config.circuit_breaker.timeout,
+            half_open_max_calls: config.circuit_breaker.half_open_max_calls,
+        });
+        let registry = Arc::new(Registry::with_breakers(breakers));
         for server in &config.backends {
             registry.add(server.clone()).map_err(StartError::Backend)?;
         }
@@ -197,18 +204,15 @@ impl LoadBalancer {
         let health = background_service("health checks", pool);
         let pool = health.task();
 
-        let settings = ProxySettings {
-            strategy: cfg.strategy,
-            hash_key: cfg.hash_key.clone(),
-            max_retries: cfg.max_retries,
-            connect_timeout: CONNECT_TIMEOUT,
-            request_timeout: cfg.request_timeout,
-            logging_enabled: cfg.logging_enabled,
-            scheme: "http",
-        };
+        let settings = proxy_settings(cfg)?;
         let proxy = Proxy::new(pool.clone(), self.registry.clone(), settings, random_seed());
-        let mut proxy_service =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
+        let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let limits = ClientLimits {
+            header_timeout: cfg.client_header_timeout,
+            idle_timeout: cfg.client_idle_timeout,
+            max_header_size: cfg.max_request_header_size,
+        };
+        let mut proxy_service = Service::new("proxy".to_string(), GuardedApp::new(proxy, limits));
         proxy_service.add_tcp(&self.listen.to_string());
 
         let mut admin_service = Service::new("admin".to_string(), AdminApp::new(self.registry));
@@ -228,6 +232,36 @@ impl LoadBalancer {
         );
         Ok((server, pool))
     }
+}
+
+/// The proxy's settings, from the config.
+fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError> {
+    let backoff = Backoff::new(cfg.retry_backoff, cfg.retry_backoff_max)
+        .map_err(|e| StartError::Config(ConfigError::new(e)))?;
+    let rate_limit = match &cfg.rate_limit {
+        None => None,
+        Some(r) => Some(
+            RateLimiter::new(r.requests_per_second, r.burst)
+                .map_err(|e| StartError::Config(ConfigError::new(format!("rate_limit: {e}"))))?,
+        ),
+    };
+    Ok(ProxySettings {
+        strategy: cfg.strategy,
+        hash_key: cfg.hash_key.clone(),
+        connect_timeout: cfg.connect_timeout,
+        request_timeout: cfg.request_timeout,
+        logging_enabled: cfg.logging_enabled,
+        scheme: "http",
+        failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
+        trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
+        rate_limit,
+        retry: RetryPolicy::new(
+            cfg.max_retries,
+            backoff,
+            cfg.retry_budget_percent,
+            random_seed(),
+        ),
+    })
 }
 
 /// Pingora's load balancer over the registry: the configured strategy, active health checks

@@ -88,10 +88,11 @@ fn a_backend_is_unknown_until_its_first_check() {
 #[test]
 fn connection_failures_fail_over_to_another_backend() {
     let mut b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
-    let lb = start(config(
-        Strategy::RoundRobin,
-        &[(&b[0], 1), (&b[1], 1), (&b[2], 1)],
-    ));
+    let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1), (&b[2], 1)]);
+    cfg.circuit_breaker_enabled = false; // every third request keeps trying c: failover alone
+    cfg.retry_budget_percent = 100; // one retry per request, more than the budget's floor
+    cfg.retry_backoff = Duration::ZERO;
+    let lb = start(cfg);
     assert_eq!(health_of(&lb, "c"), "healthy");
     // c dies between two health checks (the next is a minute away): connects are refused.
     b.pop().unwrap().stop();
@@ -108,6 +109,7 @@ fn backend_failure_after_retries_is_a_502() {
     let b = backends(&[("a", 0), ("b", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1)]);
     cfg.max_retries = 1;
+    cfg.retry_backoff = Duration::ZERO;
     let lb = start(cfg);
     drop(b);
     let r = get(lb.listen_addr(), "/");

@@ -11,8 +11,8 @@ use pingora_load_balancing::Backend;
 
 use super::hash::stable_hash;
 use super::members::Members;
-use super::rng::scale;
 use super::walk::{Pick, PickIter, Seen};
+use crate::rng::scale;
 
 /// Points per unit of weight on pingora's default (v1) Ketama ring.
 const POINTS_PER_WEIGHT: usize = 160;

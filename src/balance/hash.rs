@@ -5,7 +5,7 @@
 //! is fixed by its specification; its output is passed through SplitMix64's finalizer so that the
 //! high bits (which pick the backend) depend on every input bit.
 
-use super::rng::mix;
+use crate::rng::mix;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

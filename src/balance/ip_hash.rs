@@ -8,8 +8,8 @@ use pingora_load_balancing::Backend;
 
 use super::hash::stable_hash;
 use super::members::{Cumulative, Members};
-use super::rng::{mix, GOLDEN_GAMMA};
 use super::walk::{Pick, PickIter, Seen};
+use crate::rng::{mix, GOLDEN_GAMMA};
 
 /// Alternative backends derived from the key before falling back to the address-order scan.
 const REHASHES: u64 = 4;

@@ -10,7 +10,7 @@ use pingora_load_balancing::Backend;
 use crate::backend::{state_of, BackendServer, BackendState, BackendStats, MAX_WEIGHT};
 use crate::health::HealthTracker;
 
-use super::rng::scale;
+use crate::rng::scale;
 
 /// The backends of one selector build, indexed `0..len()` in the set's (address) order.
 #[derive(Debug)]
@@ -96,6 +96,7 @@ pub fn state_or_default(backend: &Backend) -> Arc<BackendState> {
         addr,
         stats: BackendStats::default(),
         health: HealthTracker::default(),
+        breaker: None,
     })
 }
 

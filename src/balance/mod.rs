@@ -159,7 +159,6 @@ pub mod least_time;
 mod members;
 pub mod p2c;
 pub mod random;
-mod rng;
 pub mod round_robin;
 #[cfg(test)]
 mod test_support;

@@ -8,8 +8,8 @@ use pingora_load_balancing::Backend;
 
 use super::least_conn::{by_load, load};
 use super::members::{Cumulative, Members};
-use super::rng::SplitMix64;
 use super::walk::{Pick, PickIter, Seen};
+use crate::rng::SplitMix64;
 
 /// Draws allowed for a second candidate distinct from the first before taking a uniform one.
 const DISTINCT_DRAWS: u32 = 8;

@@ -7,8 +7,8 @@ use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::members::{Cumulative, Members};
-use super::rng::SplitMix64;
 use super::walk::{Pick, PickIter, Seen};
+use crate::rng::SplitMix64;
 
 /// Further random draws, after the first, before the address-order scan.
 const EXTRA_DRAWS: u32 = 4;

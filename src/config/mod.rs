@@ -419,7 +419,7 @@ backends:
     }
 
     const EXAMPLE: &str = include_str!("../../conf/fulcrum.yaml");
-    const REFERENCE: &str = include_str!("../../conf/README-config.md");
+    const REFERENCE: &str = include_str!("../../README.md");
 
     #[test]
     fn example_file_is_the_defaults_plus_three_backends() {
@@ -461,7 +461,7 @@ backends:
             );
             assert!(
                 REFERENCE.contains(&format!("| `{key}` |")),
-                "conf/README-config.md has no row for {key}"
+                "README.md (configuration reference) has no row for {key}"
             );
         }
     }

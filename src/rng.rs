@@ -1,4 +1,4 @@
-//! A lock-free random number generator for the random strategies.
+//! A lock-free random number generator (random strategies, retry jitter, request ids).
 //!
 //! SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014):
 //! the state is a counter advanced by a fixed odd increment, and each output is that counter run

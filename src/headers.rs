@@ -1,0 +1,184 @@
+//! Request headers Fulcrum adds or reads: `X-Forwarded-*`, `X-Request-Id`, cookies.
+//!
+//! Pure functions over pingora's header types; the proxy calls them from its filters.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+
+use crate::rng::mix;
+
+/// Unique request ids: a random per-process prefix and a scrambled counter, 32 hex digits.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    /// A generator whose ids start with `prefix` (random in production).
+    pub fn new(prefix: u64) -> Self {
+        Self {
+            prefix,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The next id. The counter goes through a bijective mixer, so ids never repeat within a
+    /// process and do not reveal the request count.
+    pub fn next_id(&self) -> [u8; 32] {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut out = [0u8; 32];
+        write_hex(&mut out[..16], self.prefix);
+        write_hex(&mut out[16..], mix(n));
+        out
+    }
+
+    /// The request id to use: the client's when acceptable, else a new one.
+    pub fn for_request(&self, client_sent: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match client_sent {
+            Some(v) if acceptable_request_id(v) => Some(v.clone()),
+            _ => HeaderValue::from_bytes(&self.next_id()).ok(),
+        }
+    }
+}
+
+fn write_hex(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// A client-supplied request id is kept when it is short and printable.
+pub fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// `X-Forwarded-For` for the upstream request: the client's list with `peer` appended.
+pub fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> String {
+    let mut out = String::new();
+    for v in req.headers.get_all("x-forwarded-for") {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                out.push_str(s);
+                out.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(out, "{peer}");
+    out
+}
+
+/// The `X-Forwarded-For` values as strings, in header order (for trusted-proxy resolution).
+pub fn forwarded_for_values(req: &RequestHeader) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
+/// `X-Forwarded-Host`: the client's `Host`, or the authority of an absolute URI.
+pub fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
+    req.headers.get(http::header::HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            rest.strip_prefix(b"=")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_hex_and_distinct() {
+        let ids = RequestIds::new(0xabcd);
+        let a = ids.next_id();
+        let b = ids.next_id();
+        assert_ne!(a, b);
+        assert!(a.iter().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(&a[..16], b"000000000000abcd");
+    }
+
+    #[test]
+    fn keeps_only_sane_client_request_ids() {
+        let ids = RequestIds::new(1);
+        let cases = [
+            ("abc-123", true),
+            ("has space", false),
+            (&*"x".repeat(129), false),
+            (&*"x".repeat(128), true),
+        ];
+        for (v, kept) in cases {
+            let hv = HeaderValue::from_str(v).unwrap();
+            assert_eq!(acceptable_request_id(&hv), kept, "{v:?}");
+            let got = ids.for_request(Some(&hv)).unwrap();
+            assert_eq!(got == hv, kept, "{v:?}");
+        }
+        assert!(!acceptable_request_id(&HeaderValue::from_static("")));
+        assert_eq!(ids.for_request(None).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let client: IpAddr = "10.1.2.3".parse().unwrap();
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "10.1.2.3"),
+            (&["1.1.1.1"], "1.1.1.1, 10.1.2.3"),
+            (
+                &["1.1.1.1, 2.2.2.2", "3.3.3.3"],
+                "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3",
+            ),
+            (&[" "], "10.1.2.3"),
+        ];
+        for (existing, want) in cases {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for v in *existing {
+                req.append_header("X-Forwarded-For", *v).unwrap();
+            }
+            assert_eq!(forwarded_for(&req, client), *want, "{existing:?}");
+            assert_eq!(forwarded_for_values(&req).count(), existing.len());
+        }
+    }
+
+    #[test]
+    fn forwarded_host_prefers_the_host_header() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.set_uri("http://a.example:81/x".parse().unwrap());
+        assert_eq!(forwarded_host(&req).unwrap(), "a.example:81");
+        req.insert_header("Host", "b.example").unwrap();
+        assert_eq!(forwarded_host(&req).unwrap(), "b.example");
+        let bare = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(forwarded_host(&bare), None);
+    }
+
+    #[test]
+    fn finds_cookie_values() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Cookie", "a=1; session=xyz").unwrap();
+        req.append_header("Cookie", "sess=no; b=2").unwrap();
+        assert_eq!(cookie_value(&req, "session"), Some(&b"xyz"[..]));
+        assert_eq!(cookie_value(&req, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(&req, "sess"), Some(&b"no"[..]));
+        assert_eq!(cookie_value(&req, "c"), None);
+    }
+}
