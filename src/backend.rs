@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,6 +193,8 @@ pub struct BackendStats {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 5],
     /// Exponentially weighted moving average of the time to response headers, in nanoseconds,
     /// stored as `f64` bits; [`UNMEASURED`] until the first sample.
     latency_ewma: AtomicU64,
@@ -218,6 +220,7 @@ impl Default for BackendStats {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            responses: Default::default(),
             latency_ewma: AtomicU64::new(UNMEASURED),
         }
     }
@@ -237,6 +240,21 @@ impl BackendStats {
     /// Requests to this backend that failed (connect error or error while proxying).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one response from this backend by its status class.
+    pub fn record_response(&self, status: u16) {
+        if let Some(c) = self
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Responses counted so far by class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn responses_by_class(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
     }
 
     /// Records one failed attempt.
@@ -291,6 +309,10 @@ pub struct BackendState {
     pub health: HealthTracker,
     /// Circuit breaker, when `circuit_breaker_enabled`.
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// Current weight (the admin API can change it; `server.weight` is the initial one).
+    weight: AtomicU32,
+    /// Draining: no new requests; requests in flight finish.
+    draining: AtomicBool,
 }
 
 impl BackendState {
@@ -307,13 +329,24 @@ impl BackendState {
         let addr = server
             .validate()
             .map_err(|e| format!("backend {:?}: {e}", server.id))?;
-        Ok(Arc::new(Self {
-            server,
+        Ok(Self::build(server, addr, breaker))
+    }
+
+    /// A state for `server` at `addr`, without validation (for backends pingora built itself).
+    pub(crate) fn build(
+        server: BackendServer,
+        addr: SocketAddr,
+        breaker: Option<BreakerSettings>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             addr,
             stats: BackendStats::default(),
             health: HealthTracker::default(),
+            weight: AtomicU32::new(server.weight),
             breaker: breaker.map(|b| Arc::new(CircuitBreaker::new(b))),
-        }))
+            draining: AtomicBool::new(false),
+            server,
+        })
     }
 
     /// The backend's id.
@@ -325,11 +358,45 @@ impl BackendState {
     pub fn to_backend(self: &Arc<Self>) -> Backend {
         let mut backend = Backend {
             addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(self.addr),
-            weight: self.server.weight as usize,
+            weight: self.weight() as usize,
             ext: http::Extensions::new(),
         };
         backend.ext.insert(self.clone());
         backend
+    }
+
+    /// The current weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight. The caller rebuilds the selector (the pingora backend set changes).
+    pub fn set_weight(&self, weight: u32) -> Result<(), String> {
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(format!(
+                "weight: must be between 1 and {MAX_WEIGHT}, got {weight}"
+            ));
+        }
+        self.weight.store(weight, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the backend is draining (takes no new requests).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts (true) or stops (false) draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// The backend's configuration with its current weight.
+    pub fn config(&self) -> BackendServer {
+        BackendServer {
+            weight: self.weight(),
+            ..self.server.clone()
+        }
     }
 
     /// True while a new request may be sent here without exceeding `capacity`.

@@ -13,17 +13,21 @@
 //!
 //! The bytes read are handed to pingora's parser unchanged (as the session's pipelined prefix),
 //! so nothing is parsed twice and nothing is copied. HTTP/2 sessions pass straight through.
+//!
+//! [`CountedApp`] counts open client connections for the metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::metrics::Metrics;
 
 /// Limits on what clients send (from the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +177,52 @@ where
 
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await;
+    }
+}
+
+/// Counts open client connections around an application: pingora calls `process_new` once per
+/// connection and keeps kept-alive requests inside it.
+pub struct CountedApp<A> {
+    inner: Arc<A>,
+    metrics: Arc<Metrics>,
+}
+
+impl<A> CountedApp<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            metrics,
+        }
+    }
+}
+
+/// Marks a connection closed when dropped, however its task ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for CountedApp<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.metrics.connection_opened();
+        let _open = OpenConnection(self.metrics.clone());
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
     }
 }
 

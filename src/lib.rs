@@ -24,6 +24,7 @@ pub mod demo;
 pub mod downstream;
 pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;

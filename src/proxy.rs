@@ -37,8 +37,9 @@ use crate::balance::{Balancer, HashKey, Strategy};
 use crate::headers::{
     cookie_value, forwarded_for, forwarded_for_values, forwarded_host, RequestIds,
 };
+use crate::metrics::{Metrics, RequestRecord};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryDecision, RetryPolicy};
 use crate::upstream::{self, Attempt, Refusal};
 
 /// A set of HTTP status codes, one bit each.
@@ -153,6 +154,7 @@ impl Ctx {
 pub struct Proxy {
     pool: Arc<Pool<Balancer>>,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     settings: ProxySettings,
     ids: RequestIds,
 }
@@ -162,12 +164,14 @@ impl Proxy {
     pub fn new(
         pool: Arc<Pool<Balancer>>,
         registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         settings: ProxySettings,
         id_prefix: u64,
     ) -> Self {
         Self {
             pool,
             registry,
+            metrics,
             settings,
             ids: RequestIds::new(id_prefix),
         }
@@ -202,6 +206,21 @@ impl Proxy {
                 &ip_buf[..]
             }
             None => &[],
+        }
+    }
+
+    /// Whether a failed attempt may be retried (attempts left, budget), counted in the metrics.
+    fn may_retry(&self, ctx: &Ctx, now: Instant) -> bool {
+        match self.settings.retry.decide(ctx.attempts, now) {
+            RetryDecision::Retry => {
+                self.metrics.record_retry();
+                true
+            }
+            RetryDecision::BudgetSpent => {
+                self.metrics.record_budget_exhausted();
+                false
+            }
+            RetryDecision::AttemptsUsed => false,
         }
     }
 
@@ -241,6 +260,7 @@ impl ProxyHttp for Proxy {
         if decision.allowed {
             return Ok(false);
         }
+        self.metrics.record_rate_limited();
         let body = "429 Too Many Requests: rate limit exceeded\n";
         let mut resp = ResponseHeader::build(429, Some(6))?;
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
@@ -300,7 +320,7 @@ impl ProxyHttp for Proxy {
         let now = Instant::now();
         ctx.fail_attempt(now);
         // Nothing reached the backend, so any method may be retried elsewhere.
-        e.set_retry(self.settings.retry.allow(ctx.attempts, now));
+        e.set_retry(self.may_retry(ctx, now));
         e
     }
 
@@ -324,7 +344,7 @@ impl ProxyHttp for Proxy {
         // buffer, error on a reused connection or explicitly retryable) first, then our budget.
         if Self::replayable(session) {
             e.retry.decide_reuse(client_reused);
-            let again = e.retry() && self.settings.retry.allow(ctx.attempts, now);
+            let again = e.retry() && self.may_retry(ctx, now);
             e.set_retry(again);
         } else {
             e.set_retry(false);
@@ -367,12 +387,10 @@ impl ProxyHttp for Proxy {
         };
         let took = now.saturating_duration_since(attempt.started());
         attempt.state().stats.record_latency(took);
+        attempt.state().stats.record_response(status);
         ctx.upstream_time = Some(took);
         attempt.settle(!self.settings.failure_statuses.contains(status), now);
-        if matches!(status, 502..=504)
-            && Self::replayable(session)
-            && self.settings.retry.allow(ctx.attempts, now)
-        {
+        if matches!(status, 502..=504) && Self::replayable(session) && self.may_retry(ctx, now) {
             // Nothing has reached the client yet: try another backend instead.
             ctx.fail_attempt(now);
             ctx.retrying_status = true;
@@ -432,10 +450,17 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics.record_request(&RequestRecord {
+            status,
+            total: ctx.started.elapsed(),
+            upstream: ctx.upstream_time,
+            backend: ctx.backend(),
+            attempts: ctx.attempts,
+        });
         if !self.settings.logging_enabled {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let backend = ctx.backend().map_or("-", |s| s.id());
         let request_id = ctx

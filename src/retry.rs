@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use crate::rng::SplitMix64;
 
+/// Whether a failed attempt may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Yes (one retry was taken from the budget).
+    Retry,
+    /// No: the request used its `max_retries`.
+    AttemptsUsed,
+    /// No: the retry budget is spent.
+    BudgetSpent,
+}
+
 /// When and how often a failed request is retried (`max_retries`, backoff, budget).
 #[derive(Debug)]
 pub struct RetryPolicy {
@@ -23,7 +34,6 @@ pub struct RetryPolicy {
     budget: RetryBudget,
     epoch: Instant,
     rng: SplitMix64,
-    exhausted: AtomicU64,
 }
 
 impl RetryPolicy {
@@ -35,7 +45,6 @@ impl RetryPolicy {
             budget: RetryBudget::new(budget_percent),
             epoch: Instant::now(),
             rng: SplitMix64::new(seed),
-            exhausted: AtomicU64::new(0),
         }
     }
 
@@ -50,25 +59,19 @@ impl RetryPolicy {
 
     /// Whether a request that has made `attempts` attempts may make another, taking it from the
     /// budget if so.
-    pub fn allow(&self, attempts: u32, now: Instant) -> bool {
+    pub fn decide(&self, attempts: u32, now: Instant) -> RetryDecision {
         if attempts > self.max_retries {
-            return false;
+            RetryDecision::AttemptsUsed
+        } else if self.budget.try_retry(self.second(now)) {
+            RetryDecision::Retry
+        } else {
+            RetryDecision::BudgetSpent
         }
-        if self.budget.try_retry(self.second(now)) {
-            return true;
-        }
-        self.exhausted.fetch_add(1, Ordering::Relaxed);
-        false
     }
 
     /// The wait before retry number `retry` (1-based), jittered.
     pub fn delay(&self, retry: u32) -> Duration {
         self.backoff.delay(retry, self.rng.next_u64())
-    }
-
-    /// Retries refused because the budget was spent.
-    pub fn budget_exhausted(&self) -> u64 {
-        self.exhausted.load(Ordering::Relaxed)
     }
 }
 
@@ -252,21 +255,25 @@ mod tests {
     }
 
     #[test]
-    fn policy_caps_attempts_and_counts_exhaustion() {
+    fn policy_caps_attempts_then_budget() {
+        use RetryDecision::*;
         let backoff = Backoff::new(ms(10), ms(100)).unwrap();
         let policy = RetryPolicy::new(2, backoff, 0, 7);
         let now = Instant::now();
-        assert!(policy.allow(1, now));
-        assert!(policy.allow(2, now));
-        assert!(
-            !policy.allow(3, now),
-            "max_retries = 2 allows attempts 2 and 3 only"
+        assert_eq!(policy.decide(1, now), Retry);
+        assert_eq!(policy.decide(2, now), Retry);
+        assert_eq!(
+            policy.decide(3, now),
+            AttemptsUsed,
+            "max_retries = 2: attempts 2 and 3"
         );
-        assert_eq!(policy.budget_exhausted(), 0);
         // 0 % budget: only the floor of 3 retries/s over the 10 s window
-        let spent = (0..100).filter(|_| policy.allow(1, now)).count() as u64;
+        let decisions: Vec<_> = (0..100).map(|_| policy.decide(1, now)).collect();
+        let spent = decisions.iter().filter(|d| **d == Retry).count() as u64;
         assert_eq!(spent + 2, RetryBudget::MIN_RETRIES_PER_SEC * WINDOW_SECS);
-        assert_eq!(policy.budget_exhausted(), 100 - spent);
+        assert!(decisions[spent as usize..]
+            .iter()
+            .all(|d| *d == BudgetSpent));
         assert!(policy.delay(1) <= ms(10));
         assert!(policy.delay(9) <= ms(100));
     }

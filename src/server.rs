@@ -20,13 +20,14 @@ use pingora::services::listening::Service;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminState};
 use crate::backend::{BackendServer, Registry};
 use crate::balance::{BalanceConfig, Balancer};
 use crate::breaker::BreakerSettings;
 use crate::config::{ConfigError, LoadBalancerConfig};
-use crate::downstream::{ClientLimits, GuardedApp};
+use crate::downstream::{ClientLimits, CountedApp, GuardedApp};
 use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings, StatusSet};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
 use crate::retry::{Backoff, RetryPolicy};
@@ -204,18 +205,33 @@ impl LoadBalancer {
         let health = background_service("health checks", pool);
         let pool = health.task();
 
+        let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
         let settings = proxy_settings(cfg)?;
-        let proxy = Proxy::new(pool.clone(), self.registry.clone(), settings, random_seed());
+        let proxy = Proxy::new(
+            pool.clone(),
+            self.registry.clone(),
+            metrics.clone(),
+            settings,
+            random_seed(),
+        );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
         let limits = ClientLimits {
             header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.client_idle_timeout,
             max_header_size: cfg.max_request_header_size,
         };
-        let mut proxy_service = Service::new("proxy".to_string(), GuardedApp::new(proxy, limits));
+        let app = CountedApp::new(GuardedApp::new(proxy, limits), metrics.clone());
+        let mut proxy_service = Service::new("proxy".to_string(), app);
         proxy_service.add_tcp(&self.listen.to_string());
 
-        let mut admin_service = Service::new("admin".to_string(), AdminApp::new(self.registry));
+        let admin = AdminApp::new(AdminState {
+            registry: self.registry.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            token: None,
+            drain_timeout: cfg.shutdown_timeout,
+        });
+        let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&self.admin.to_string());
         admin_service.threads = Some(1);
 

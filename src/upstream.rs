@@ -120,6 +120,7 @@ pub fn choose(
             return false;
         };
         if !state.health.status().admits()
+            || state.is_draining()
             || (!allow_tried && tried.iter().any(|t| Arc::ptr_eq(t, state)))
         {
             return false;

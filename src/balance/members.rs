@@ -7,8 +7,7 @@ use std::sync::Arc;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_load_balancing::Backend;
 
-use crate::backend::{state_of, BackendServer, BackendState, BackendStats, MAX_WEIGHT};
-use crate::health::HealthTracker;
+use crate::backend::{state_of, BackendServer, BackendState, MAX_WEIGHT};
 
 use crate::rng::scale;
 
@@ -90,14 +89,11 @@ pub fn state_or_default(backend: &Backend) -> Arc<BackendState> {
         _ => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let weight = backend.weight.clamp(1, MAX_WEIGHT as usize) as u32;
-    Arc::new(BackendState {
-        server: BackendServer::new(backend.addr.to_string(), format!("http://{addr}"))
-            .with_weight(weight),
+    BackendState::build(
+        BackendServer::new(backend.addr.to_string(), format!("http://{addr}")).with_weight(weight),
         addr,
-        stats: BackendStats::default(),
-        health: HealthTracker::default(),
-        breaker: None,
-    })
+        None,
+    )
 }
 
 /// Cumulative weights, for weighted picks by binary search: the same mapping as a table holding
