@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balance;

@@ -14,7 +14,7 @@
 //!    idempotent request is retried on another backend before anything reaches the client.
 //! 7. `response_filter` — echo `X-Request-Id`.
 //! 8. `fail_to_proxy` — a short plain-text error (503 no backend, 502 backends failed).
-//! 9. `logging` — the access-log line.
+//! 9. `logging` — metrics, and the JSON access-log line (queued, written by another thread).
 //!
 //! The pipeline holds no lock across an await, and allocates per request only what pingora's
 //! API requires (the peer box) plus the request-id header value.
@@ -32,6 +32,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_load_balancing::LoadBalancer as Pool;
 
+use crate::access_log::{AccessEntry, AccessLog};
+use crate::admin::health::rfc3339;
 use crate::backend::{BackendState, Registry};
 use crate::balance::{Balancer, HashKey, Strategy};
 use crate::headers::{
@@ -76,8 +78,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Timeout of each read from and write to the backend.
     pub request_timeout: Duration,
-    /// Whether to write an access-log line per request.
-    pub logging_enabled: bool,
+    /// Where access-log lines go (`None` when `logging_enabled` is off).
+    pub access_log: Option<AccessLog>,
     /// `X-Forwarded-Proto` value: `http` or `https`.
     pub scheme: &'static str,
     /// Statuses that count as failures for a backend's circuit breaker.
@@ -458,29 +460,24 @@ impl ProxyHttp for Proxy {
             backend: ctx.backend(),
             attempts: ctx.attempts,
         });
-        if !self.settings.logging_enabled {
+        let Some(log) = &self.settings.access_log else {
             return;
-        }
+        };
         let req = session.req_header();
-        let backend = ctx.backend().map_or("-", |s| s.id());
-        let request_id = ctx
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let client = ctx
-            .client_ip
-            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
-        log::info!(
-            target: "fulcrum::access",
-            "{client} \"{} {}\" {status} backend={backend} attempts={} upstream_ms={:.1} total_ms={:.1} request_id={request_id}{}",
-            req.method,
-            req.uri,
-            ctx.attempts,
-            ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            ctx.started.elapsed().as_secs_f64() * 1e3,
-            e.map(|e| format!(" error=\"{e}\"")).unwrap_or_default(),
-        );
+        log.log(&AccessEntry {
+            time: rfc3339(std::time::SystemTime::now()),
+            client: ctx.client_ip,
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status,
+            backend: ctx.backend().map(|b| b.id()),
+            attempts: ctx.attempts,
+            upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            bytes: session.body_bytes_sent(),
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            error: e.map(|e| e.to_string()),
+        });
     }
 }
 

@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
 
+use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{BackendServer, Registry};
 use crate::balance::{BalanceConfig, Balancer};
@@ -266,7 +267,14 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
         hash_key: cfg.hash_key.clone(),
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
-        logging_enabled: cfg.logging_enabled,
+        access_log: if cfg.logging_enabled {
+            Some(
+                AccessLog::stdout()
+                    .map_err(|e| StartError::Io(format!("cannot start the access log: {e}")))?,
+            )
+        } else {
+            None
+        },
         scheme: "http",
         failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
