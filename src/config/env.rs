@@ -92,6 +92,8 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("port",                               "LB_PORT",                               port,                                env_port),
     env_override!("bind_address",                       "LB_BIND_ADDRESS",                       bind_address,                        env_ip),
     env_override!("admin_address",                      "LB_ADMIN_ADDRESS",                      admin_address,                       env_socket_addr),
+    env_override!("admin_token",                        "LB_ADMIN_TOKEN",                        admin_token,                         env_secret),
+    env_override!("admin_token_file",                   "LB_ADMIN_TOKEN_FILE",                   admin_token_file,                    env_path),
     env_override!("health_check_interval",              "LB_HEALTH_CHECK_INTERVAL",              health_check_interval,               env_duration),
     env_override!("health_check_timeout",               "LB_HEALTH_CHECK_TIMEOUT",               health_check_timeout,                env_duration),
     env_override!("health_check_path",                  "LB_HEALTH_CHECK_PATH",                  health_check_path,                   env_string),
@@ -125,6 +127,7 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("trusted_proxies",                    "LB_TRUSTED_PROXIES",                    trusted_proxies,                     env_cidrs),
     env_override!("metrics_enabled",                    "LB_METRICS_ENABLED",                    metrics_enabled,                     env_bool),
     env_override!("logging_enabled",                    "LB_LOGGING_ENABLED",                    logging_enabled,                     env_bool),
+    env_override!("access_log",                         "LB_ACCESS_LOG",                         access_log,                          env_path),
     env_override!("graceful_shutdown",                  "LB_GRACEFUL_SHUTDOWN",                  graceful_shutdown,                   env_bool),
     env_override!("shutdown_timeout",                   "LB_SHUTDOWN_TIMEOUT",                   shutdown_timeout,                    env_duration),
 ];
@@ -168,6 +171,8 @@ mod tests {
             ("port", "9999"),
             ("bind_address", "127.0.0.1"),
             ("admin_address", "0.0.0.0:9191"),
+            ("admin_token", "0123456789abcdef"),
+            ("admin_token_file", "/run/credentials/fulcrum/admin-token"),
             ("health_check_interval", "10s"),
             ("health_check_timeout", "1s"),
             ("health_check_path", "/ready"),
@@ -201,6 +206,7 @@ mod tests {
             ("trusted_proxies", "10.0.0.0/8,::1"),
             ("metrics_enabled", "false"),
             ("logging_enabled", "off"),
+            ("access_log", "/var/log/fulcrum/access.log"),
             ("graceful_shutdown", "No"),
             ("shutdown_timeout", "1m30s"),
         ]

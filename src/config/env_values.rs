@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{parse_duration, LoadBalancerConfig, RateLimitConfig};
+use super::{parse_duration, LoadBalancerConfig, RateLimitConfig, Secret};
 use crate::balance::Strategy;
 use crate::ratelimit::Cidr;
 
@@ -51,6 +51,11 @@ pub(super) fn env_string(v: &str) -> Result<String, String> {
 /// An empty value unsets the path.
 pub(super) fn env_path(v: &str) -> Result<Option<PathBuf>, String> {
     Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+}
+
+/// An empty value unsets the secret. Never fails, so the value never reaches a message.
+pub(super) fn env_secret(v: &str) -> Result<Option<Secret>, String> {
+    Ok((!v.is_empty()).then(|| Secret::new(v)))
 }
 
 pub(super) fn env_u32(v: &str) -> Result<u32, String> {

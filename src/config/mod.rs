@@ -12,13 +12,16 @@
 //! naming the environment variable when the value came from one (`LB_PORT: ...`). Unknown keys
 //! are errors everywhere (`deny_unknown_fields`), so a typo never falls back to a default.
 //!
-//! This module does no I/O except reading the file in [`LoadBalancerConfig::from_file`] and the
-//! one-time name resolution of backend URLs done by [`BackendServer::validate`].
+//! This module does no I/O except reading the file in [`LoadBalancerConfig::from_file`], the
+//! one-time name resolution of backend URLs done by [`BackendServer::validate`], and, in
+//! [`LoadBalancerConfig::validate`], reading `admin_token_file` and checking that the directory
+//! of `access_log` exists (the log file itself is not created).
 //!
 //! Layout: this file holds the top-level struct, its defaults and loading; `duration` the
 //! duration syntax, `env` the `LB_*` table, `validate` the semantic checks, `pingora` the
 //! `pingora:` section and `ServerConf`, `sections` the nested sections (`circuit_breaker:`,
-//! `rate_limit:`), `error` [`ConfigError`] and `de` the serde helpers.
+//! `rate_limit:`), `token` the admin token ([`Secret`], [`LoadBalancerConfig::admin_token`]),
+//! `error` [`ConfigError`] and `de` the serde helpers.
 
 mod de;
 mod duration;
@@ -29,6 +32,7 @@ mod pingora;
 mod sections;
 #[cfg(test)]
 mod testutil;
+mod token;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,6 +48,7 @@ pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
 };
 pub use self::sections::{CircuitBreakerConfig, RateLimitConfig};
+pub use self::token::{Secret, MIN_ADMIN_TOKEN_LEN};
 
 use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_default};
 use self::error::describe_yaml_error;
@@ -79,6 +84,14 @@ pub struct LoadBalancerConfig {
     /// Address of the admin listener: health, metrics, API (default `127.0.0.1:9090`; port 0
     /// picks a free port).
     pub admin_address: SocketAddr,
+    /// Bearer token required by the mutating admin API calls (`/api/backends` POST, PUT, PATCH,
+    /// DELETE); at least [`MIN_ADMIN_TOKEN_LEN`] characters, visible ASCII only. Default none:
+    /// with neither this nor `admin_token_file` set, those calls are refused with 403. `Debug`
+    /// shows it as `"<redacted>"`. Read the effective token with [`Self::admin_token`].
+    pub admin_token: Option<Secret>,
+    /// File holding the admin token instead (systemd credentials, Kubernetes secrets);
+    /// trailing newlines are trimmed. Default none; not together with `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
     /// Time between two active health checks of a backend (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub health_check_interval: Duration,
@@ -152,8 +165,11 @@ pub struct LoadBalancerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Prometheus/JSON metrics on the admin listener (default true).
     pub metrics_enabled: bool,
-    /// One access-log line per request (default true).
+    /// One JSON access-log line per request, to `access_log` or stdout (default true).
     pub logging_enabled: bool,
+    /// File the access log is appended to when `logging_enabled` (default none: stdout). Its
+    /// directory must exist; the file is created when first written.
+    pub access_log: Option<PathBuf>,
     /// Drain in-flight requests on SIGTERM / upgrade (default true); false stops at once.
     pub graceful_shutdown: bool,
     /// Grace period for in-flight requests on SIGTERM / upgrade (default 30s).
@@ -175,6 +191,8 @@ impl Default for LoadBalancerConfig {
             port: 8080,
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             admin_address: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            admin_token: None,
+            admin_token_file: None,
             health_check_interval: Duration::from_secs(30),
             health_check_timeout: Duration::from_secs(5),
             health_check_path: "/health".to_string(),
@@ -203,6 +221,7 @@ impl Default for LoadBalancerConfig {
             trusted_proxies: Vec::new(),
             metrics_enabled: true,
             logging_enabled: true,
+            access_log: None,
             graceful_shutdown: true,
             shutdown_timeout: Duration::from_secs(30),
             pingora: PingoraConfig::default(),
@@ -269,243 +288,4 @@ impl LoadBalancerConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-    use std::str::FromStr;
-
-    use super::testutil::{every_key_config, scalar_keys};
-    use super::*;
-
-    #[test]
-    fn empty_documents_give_the_defaults() {
-        for yaml in [
-            "",
-            "{}",
-            "# only a comment\n",
-            "---\n",
-            "~",
-            "pingora:\nbackends:\n",
-        ] {
-            assert_eq!(
-                LoadBalancerConfig::from_yaml_str(yaml),
-                Ok(LoadBalancerConfig::default()),
-                "{yaml:?}"
-            );
-        }
-    }
-
-    const FULL: &str = r#"
-strategy: weighted_round_robin
-hash_key: "header:X-User-Id"
-port: 8443
-bind_address: "::"
-admin_address: "[::1]:9191"
-health_check_interval: 15s
-health_check_timeout: 3s
-health_check_path: /api/health?deep=1
-healthy_threshold: 4
-unhealthy_threshold: 5
-max_retries: 5
-retry_backoff: 200ms
-retry_backoff_max: 5s
-retry_budget_percent: 10
-enable_sticky_sessions: false
-session_cookie_name: MY_SESSION
-session_timeout: 1h
-enable_ssl: false
-ssl_cert_file: null
-ssl_key_file: null
-request_timeout: 1m
-connect_timeout: 2s
-client_header_timeout: 5s
-client_idle_timeout: 2m
-max_request_header_size: 16384
-max_idle_conns: 200
-max_idle_conns_per_host: 0
-circuit_breaker_enabled: false
-circuit_breaker:
-  failure_threshold: 10
-  recovery_threshold: 5
-  timeout: 1m
-  half_open_max_calls: 2
-  failure_status_codes: [502, 503]
-rate_limit:
-  requests_per_second: 100
-  burst: 250
-trusted_proxies: [10.0.0.0/8, "::1"]
-metrics_enabled: false
-logging_enabled: false
-graceful_shutdown: false
-shutdown_timeout: 10s
-pingora:
-  threads: 2
-  daemon: true
-backends:
-  - id: api-primary
-    url: http://127.0.0.1:8001
-    weight: 5
-    capacity: 1000
-    tags: {role: primary, zone: us-west-1a}
-  - id: api-secondary
-    url: http://127.0.0.1:8002
-"#;
-
-    #[test]
-    fn full_yaml_parses_to_the_expected_struct() {
-        let mut pingora = PingoraConfig::default();
-        pingora.set("threads", 2).set("daemon", true);
-        let tags: BTreeMap<String, String> = [("role", "primary"), ("zone", "us-west-1a")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut primary = BackendServer::new("api-primary", "http://127.0.0.1:8001").with_weight(5);
-        primary.capacity = 1000;
-        primary.tags = tags;
-        let want = LoadBalancerConfig {
-            strategy: Strategy::WeightedRoundRobin,
-            hash_key: HashKey::from_str("header:X-User-Id").unwrap(),
-            port: 8443,
-            bind_address: "::".parse().unwrap(),
-            admin_address: "[::1]:9191".parse().unwrap(),
-            health_check_interval: Duration::from_secs(15),
-            health_check_timeout: Duration::from_secs(3),
-            health_check_path: "/api/health?deep=1".into(),
-            healthy_threshold: 4,
-            unhealthy_threshold: 5,
-            max_retries: 5,
-            retry_backoff: Duration::from_millis(200),
-            retry_backoff_max: Duration::from_secs(5),
-            retry_budget_percent: 10,
-            enable_sticky_sessions: false,
-            session_cookie_name: "MY_SESSION".into(),
-            session_timeout: Duration::from_secs(3600),
-            enable_ssl: false,
-            ssl_cert_file: None,
-            ssl_key_file: None,
-            request_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(2),
-            client_header_timeout: Duration::from_secs(5),
-            client_idle_timeout: Duration::from_secs(120),
-            max_request_header_size: 16384,
-            max_idle_conns: 200,
-            max_idle_conns_per_host: 0,
-            circuit_breaker_enabled: false,
-            circuit_breaker: CircuitBreakerConfig {
-                failure_threshold: 10,
-                recovery_threshold: 5,
-                timeout: Duration::from_secs(60),
-                half_open_max_calls: 2,
-                failure_status_codes: vec![502, 503],
-            },
-            rate_limit: Some(RateLimitConfig {
-                requests_per_second: 100,
-                burst: 250,
-            }),
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
-            metrics_enabled: false,
-            logging_enabled: false,
-            graceful_shutdown: false,
-            shutdown_timeout: Duration::from_secs(10),
-            pingora,
-            backends: vec![
-                primary,
-                BackendServer::new("api-secondary", "http://127.0.0.1:8002"),
-            ],
-        };
-        assert_eq!(LoadBalancerConfig::from_yaml_str(FULL), Ok(want.clone()));
-        // Serialising gives YAML that reads back to the same config.
-        let yaml = serde_yaml::to_string(&want).unwrap();
-        assert_eq!(LoadBalancerConfig::from_yaml_str(&yaml), Ok(want));
-    }
-
-    const EXAMPLE: &str = include_str!("../../conf/fulcrum.yaml");
-    const REFERENCE: &str = include_str!("../../README.md");
-
-    #[test]
-    fn example_file_is_the_defaults_plus_three_backends() {
-        let mut c = LoadBalancerConfig::from_yaml_str(EXAMPLE).unwrap();
-        let ids: Vec<(&str, &str, u32)> = c
-            .backends
-            .iter()
-            .map(|b| (b.id.as_str(), b.url.as_str(), b.weight))
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                ("web1", "http://127.0.0.1:8001", 3),
-                ("web2", "http://127.0.0.1:8002", 2),
-                ("web3", "http://127.0.0.1:8003", 1)
-            ]
-        );
-        assert!(c.backends.iter().all(|b| !b.tags.is_empty()));
-        c.backends.clear();
-        assert_eq!(c, LoadBalancerConfig::default());
-    }
-
-    #[test]
-    fn example_and_reference_show_every_key() {
-        let mut keys: Vec<String> = scalar_keys(&every_key_config()).into_keys().collect();
-        keys.extend(["pingora", "backends", "rate_limit"].map(String::from));
-        keys.extend(
-            ["threads", "pid_file", "upgrade_sock", "daemon"].map(|k| format!("pingora.{k}")),
-        );
-        for key in &keys {
-            let leaf = key.rsplit('.').next().unwrap();
-            assert!(
-                EXAMPLE.lines().any(|l| l
-                    .trim_start()
-                    .trim_start_matches('#')
-                    .trim_start()
-                    .starts_with(&format!("{leaf}:"))),
-                "conf/fulcrum.yaml does not show {key}"
-            );
-            assert!(
-                REFERENCE.contains(&format!("| `{key}` |")),
-                "README.md (configuration reference) has no row for {key}"
-            );
-        }
-    }
-
-    #[test]
-    fn example_rate_limit_block_loads_when_uncommented() {
-        let block: String = EXAMPLE
-            .lines()
-            .skip_while(|l| !l.starts_with("# rate_limit:"))
-            .take_while(|l| l.starts_with("# rate_limit:") || l.starts_with("#   "))
-            .map(|l| format!("{}\n", &l[2..]))
-            .collect();
-        assert!(
-            block.lines().count() >= 3,
-            "no rate_limit example: {block:?}"
-        );
-        let c = LoadBalancerConfig::from_yaml_str(&block).unwrap();
-        assert_eq!(
-            c.rate_limit,
-            Some(RateLimitConfig {
-                requests_per_second: 100,
-                burst: 200
-            })
-        );
-    }
-
-    #[test]
-    fn from_file_names_the_path() {
-        let missing = Path::new("/nonexistent/fulcrum.yaml");
-        let e = LoadBalancerConfig::from_file(missing).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/fulcrum.yaml"), "{e}");
-
-        let path =
-            std::env::temp_dir().join(format!("fulcrum-config-test-{}.yaml", std::process::id()));
-        std::fs::write(&path, "max_retries: 11\n").unwrap();
-        let e = LoadBalancerConfig::from_file(&path).unwrap_err();
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(e.path(), Some(path.as_path()));
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}: max_retries: must be at most 10, got 11",
-                path.display()
-            )
-        );
-    }
-}
+mod tests;

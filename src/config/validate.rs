@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, MAIN_SEPARATOR};
 use std::str::FromStr;
 
 use super::{
@@ -143,6 +144,14 @@ impl LoadBalancerConfig {
                 self.admin_address, self.port
             ));
         }
+        if let Some(path) = &self.access_log {
+            if let Err(e) = check_access_log(path) {
+                err(format!("access_log: {e}"));
+            }
+        }
+        if let Err(e) = self.admin_token() {
+            errors.extend(e.into_messages());
+        }
         self.pingora.check(&mut errors);
         self.check_backends(&mut errors);
         if errors.is_empty() {
@@ -192,6 +201,31 @@ fn check_health_path(path: &str) -> Result<(), String> {
     http::uri::PathAndQuery::from_str(path)
         .map(|_| ())
         .map_err(|e| format!("not a valid request path {path:?}: {e}"))
+}
+
+/// The access log must name a file in a directory that exists; the file is not created here.
+fn check_access_log(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty; leave it out (or null) to log to stdout".to_string());
+    }
+    if path.is_dir()
+        || path.file_name().is_none()
+        || path.as_os_str().to_string_lossy().ends_with(MAIN_SEPARATOR)
+    {
+        return Err(format!("{shown} is a directory; give a file path"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "directory {} does not exist (for {shown}); create it first",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 6265 cookie-name = RFC 7230 token.
