@@ -229,7 +229,7 @@ impl LoadBalancer {
             registry: self.registry.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
-            token: None,
+            token: cfg.admin_token()?,
             drain_timeout: cfg.shutdown_timeout,
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
@@ -267,14 +267,13 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
         hash_key: cfg.hash_key.clone(),
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
-        access_log: if cfg.logging_enabled {
-            Some(
-                AccessLog::stdout()
-                    .map_err(|e| StartError::Io(format!("cannot start the access log: {e}")))?,
-            )
-        } else {
-            None
-        },
+        access_log: match (cfg.logging_enabled, &cfg.access_log) {
+            (false, _) => None,
+            (true, None) => Some(AccessLog::stdout()),
+            (true, Some(path)) => Some(AccessLog::file(path)),
+        }
+        .transpose()
+        .map_err(|e| StartError::Io(format!("cannot open the access log: {e}")))?,
         scheme: "http",
         failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
