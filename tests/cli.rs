@@ -198,11 +198,17 @@ fn serves_from_a_config_file_and_stops_on_sigterm() {
 
     // a probe on a kept-alive admin connection sees readiness end when shutdown begins
     let mut probe = std::net::TcpStream::connect(admin).unwrap();
-    probe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     assert_eq!(ready_status(&mut probe), 200);
     signal(&child.0, "-TERM");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ready_status(&mut probe), 503, "/ready during the grace period");
+    assert_eq!(
+        ready_status(&mut probe),
+        503,
+        "/ready during the grace period"
+    );
     let code = wait_exit(&mut child.0, Duration::from_secs(15));
     assert_eq!(code, Some(0), "fulcrum did not exit cleanly on SIGTERM");
     let _ = std::fs::remove_file(path);
@@ -217,7 +223,11 @@ fn ready_status(stream: &mut std::net::TcpStream) -> u16 {
     let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut length = 0;
     loop {
         line.clear();

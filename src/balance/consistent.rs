@@ -11,7 +11,8 @@ use pingora_load_balancing::Backend;
 
 use super::hash::stable_hash;
 use super::members::Members;
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 use crate::rng::scale;
 
 /// Points per unit of weight on pingora's default (v1) Ketama ring.
@@ -67,18 +68,7 @@ impl ConsistentHashing {
     }
 }
 
-impl BackendSelection for ConsistentHashing {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(ConsistentHashing);
 
 /// A request's position on the ring and the ring points it may still walk.
 pub struct RingCursor {

@@ -1,14 +1,13 @@
 //! IP hash: the client's address picks the backend.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::hash::stable_hash;
 use super::members::{Cumulative, Members};
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 use crate::rng::{mix, GOLDEN_GAMMA};
 
 /// Alternative backends derived from the key before falling back to the address-order scan.
@@ -39,18 +38,7 @@ impl IpHash {
     }
 }
 
-impl BackendSelection for IpHash {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(IpHash);
 
 /// A request's key hash and how many rehashes it used.
 #[derive(Debug)]

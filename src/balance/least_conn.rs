@@ -3,13 +3,12 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::members::Members;
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 
 /// Least connections, weighted (nginx's and HAProxy's `least_conn`/`leastconn`): the backend
 /// with the lowest `in_flight / weight` wins, compared exactly as
@@ -79,18 +78,7 @@ pub fn best_unseen<K: Copy>(
         .or(Some(first))
 }
 
-impl BackendSelection for LeastConnections {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(LeastConnections);
 
 impl Pick for LeastConnections {
     /// The request's ticket, which rotates ties.

@@ -2,14 +2,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::least_conn::best_unseen;
 use super::members::Members;
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 
 /// Least response time, after Finagle's latency-aware balancers (its EWMA "peak EWMA" cost,
 /// Twitter, 2016) and nginx Plus's `least_time`: the backend with the lowest
@@ -52,18 +51,7 @@ impl LeastResponseTime {
     }
 }
 
-impl BackendSelection for LeastResponseTime {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(LeastResponseTime);
 
 impl Pick for LeastResponseTime {
     /// The request's ticket, which rotates ties.

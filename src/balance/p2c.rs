@@ -1,14 +1,13 @@
 //! Power of two choices.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::least_conn::{by_load, load};
 use super::members::{Cumulative, Members};
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 use crate::rng::SplitMix64;
 
 /// Draws allowed for a second candidate distinct from the first before taking a uniform one.
@@ -57,23 +56,7 @@ impl PowerOfTwoChoices {
     }
 }
 
-impl BackendSelection for PowerOfTwoChoices {
-    type Iter = PickIter<Self>;
-    /// The generator's seed.
-    type Config = u64;
-
-    fn build_with_config(backends: &BTreeSet<Backend>, seed: &u64) -> Self {
-        Self::new(backends, *seed)
-    }
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends, 0)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(PowerOfTwoChoices, seeded);
 
 impl Pick for PowerOfTwoChoices {
     /// The loser, not yet yielded.
@@ -101,6 +84,7 @@ impl Pick for PowerOfTwoChoices {
 #[cfg(test)]
 mod tests {
     use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+    use std::sync::Arc;
 
     use super::super::test_support::*;
     use super::super::Strategy;

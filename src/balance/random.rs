@@ -1,13 +1,12 @@
 //! Weighted random.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::members::{Cumulative, Members};
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 use crate::rng::SplitMix64;
 
 /// Further random draws, after the first, before the address-order scan.
@@ -36,23 +35,7 @@ impl Random {
     }
 }
 
-impl BackendSelection for Random {
-    type Iter = PickIter<Self>;
-    /// The generator's seed.
-    type Config = u64;
-
-    fn build_with_config(backends: &BTreeSet<Backend>, seed: &u64) -> Self {
-        Self::new(backends, *seed)
-    }
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends, 0)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(Random, seeded);
 
 impl Pick for Random {
     /// Draws taken after the first.

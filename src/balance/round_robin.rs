@@ -2,13 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::members::Members;
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 
 /// Round robin, the classic rotation (as in nginx's and HAProxy's `roundrobin` with equal
 /// weights): requests take turns over the backends in address order; weights are ignored.
@@ -33,18 +32,7 @@ impl RoundRobin {
     }
 }
 
-impl BackendSelection for RoundRobin {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(RoundRobin);
 
 impl Pick for RoundRobin {
     type Cursor = ();

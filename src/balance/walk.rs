@@ -12,6 +12,52 @@ use pingora_load_balancing::Backend;
 
 use super::members::Members;
 
+/// Implements pingora's `BackendSelection` for a [`Pick`] strategy: built from the backend set
+/// with `Self::new(backends)` (or `Self::new(backends, seed)` for the `seeded` ones, whose
+/// `Config` is the random seed), iterated with [`PickIter`].
+macro_rules! pick_selection {
+    ($strategy:ty) => {
+        impl pingora_load_balancing::selection::BackendSelection for $strategy {
+            type Iter = $crate::balance::walk::PickIter<Self>;
+            type Config = ();
+
+            fn build(
+                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
+            ) -> Self {
+                Self::new(backends)
+            }
+
+            fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
+                $crate::balance::walk::PickIter::new(self, key)
+            }
+        }
+    };
+    ($strategy:ty, seeded) => {
+        impl pingora_load_balancing::selection::BackendSelection for $strategy {
+            type Iter = $crate::balance::walk::PickIter<Self>;
+            type Config = u64;
+
+            fn build_with_config(
+                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
+                seed: &u64,
+            ) -> Self {
+                Self::new(backends, *seed)
+            }
+
+            fn build(
+                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
+            ) -> Self {
+                Self::new(backends, 0)
+            }
+
+            fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
+                $crate::balance::walk::PickIter::new(self, key)
+            }
+        }
+    };
+}
+pub(crate) use pick_selection;
+
 /// Backends already yielded by one iterator: empty (no allocation) until the second candidate.
 #[derive(Debug, Default)]
 pub struct Seen {

@@ -2,14 +2,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use pingora_load_balancing::selection::BackendSelection;
 use pingora_load_balancing::Backend;
 
 use super::members::Members;
 use super::round_robin::advance;
-use super::walk::{Pick, PickIter, Seen};
+use super::walk::pick_selection;
+use super::walk::{Pick, Seen};
 
 /// Smooth weighted round robin, nginx's algorithm (`ngx_http_upstream_get_peer`, 2012): each
 /// backend gets `weight` of every `sum(weights)` picks, spread out instead of in runs. Weights
@@ -65,18 +64,7 @@ fn smooth_sequence(weights: &[u64]) -> Vec<u32> {
     sequence
 }
 
-impl BackendSelection for WeightedRoundRobin {
-    type Iter = PickIter<Self>;
-    type Config = ();
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        PickIter::new(self, key)
-    }
-}
+pick_selection!(WeightedRoundRobin);
 
 impl Pick for WeightedRoundRobin {
     type Cursor = ();
