@@ -198,6 +198,9 @@ pub struct BackendStats {
     /// Exponentially weighted moving average of the time to response headers, in nanoseconds,
     /// stored as `f64` bits; [`UNMEASURED`] until the first sample.
     latency_ewma: AtomicU64,
+    /// Finished requests by status class and their upstream-duration histogram, written by
+    /// [`crate::metrics::Metrics`].
+    metrics: crate::metrics::BackendMetrics,
 }
 
 const UNMEASURED: u64 = u64::MAX;
@@ -222,6 +225,7 @@ impl Default for BackendStats {
             failures: AtomicU64::new(0),
             responses: Default::default(),
             latency_ewma: AtomicU64::new(UNMEASURED),
+            metrics: Default::default(),
         }
     }
 }
@@ -235,6 +239,12 @@ impl BackendStats {
     /// Requests sent to this backend since it was added.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Finished requests whose last attempt came here, by status class, and their time to
+    /// response headers (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::BackendMetrics {
+        &self.metrics
     }
 
     /// Requests to this backend that failed (connect error or error while proxying).
