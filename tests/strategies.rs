@@ -160,9 +160,10 @@ fn hashing_strategies_pin_a_client_and_spread_clients() {
 fn ip_hash_moves_only_the_clients_of_a_failed_backend() {
     let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
     let mut cfg = config(Strategy::IpHash, &[(&b[0], 1), (&b[1], 1), (&b[2], 1)]);
-    // two failed checks in a row to eject: one slow check of a loaded test machine moves nobody
-    cfg.health_check_interval = std::time::Duration::from_millis(250);
-    cfg.health_check_timeout = std::time::Duration::from_millis(250);
+    // two failed checks in a row to eject, with a generous timeout: a loaded test machine's slow
+    // check must not take a healthy backend out
+    cfg.health_check_interval = std::time::Duration::from_millis(500);
+    cfg.health_check_timeout = std::time::Duration::from_millis(500);
     cfg.unhealthy_threshold = 2;
     let lb = start(cfg);
     let before = mapping(&lb, 90);
