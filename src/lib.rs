@@ -28,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod responses;
 pub mod retry;
 pub(crate) mod rng;
 pub mod server;

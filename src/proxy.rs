@@ -4,7 +4,8 @@
 //! life:
 //!
 //! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id.
-//! 2. `request_filter` — per-client rate limit ([`RateLimiter`]): 429 when over.
+//! 2. `request_filter` — per-client rate limit ([`RateLimiter`]): 429 when over
+//!    ([`responses`]).
 //! 3. `upstream_peer` — on a retry, wait the backoff; then [`upstream::choose`] a backend.
 //! 4. `fail_to_connect` / `error_while_proxy` — the attempt failed: record it, and retry on
 //!    another backend when [`RetryPolicy`] allows (connect failures always qualify; after bytes
@@ -13,7 +14,8 @@
 //! 6. `upstream_response_filter` — latency average, breaker result; a 502/503/504 to an
 //!    idempotent request is retried on another backend before anything reaches the client.
 //! 7. `response_filter` — echo `X-Request-Id`.
-//! 8. `fail_to_proxy` — a short plain-text error (503 no backend, 502 backends failed).
+//! 8. `fail_to_proxy` — a short plain-text error ([`responses`]: 503 no backend, 502 backends
+//!    failed, 504 timeout).
 //! 9. `logging` — metrics, and the JSON access-log line (queued, written by another thread).
 //!
 //! The pipeline holds no lock across an await, and allocates per request only what pingora's
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -41,6 +42,7 @@ use crate::headers::{
 };
 use crate::metrics::{Metrics, RequestRecord};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::responses;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::upstream::{self, Attempt, Refusal};
 
@@ -263,20 +265,7 @@ impl ProxyHttp for Proxy {
             return Ok(false);
         }
         self.metrics.record_rate_limited();
-        let body = "429 Too Many Requests: rate limit exceeded\n";
-        let mut resp = ResponseHeader::build(429, Some(6))?;
-        resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(http::header::RETRY_AFTER, decision.retry_after)?;
-        resp.insert_header("X-RateLimit-Limit", decision.limit)?;
-        resp.insert_header("X-RateLimit-Remaining", decision.remaining)?;
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header("X-Request-Id", id.clone())?;
-        }
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await?;
+        responses::write_rate_limited(session, &decision, ctx.request_id.as_ref()).await?;
         Ok(true)
     }
 
@@ -436,7 +425,9 @@ impl ProxyHttp for Proxy {
             },
         };
         if code > 0 {
-            if let Err(err) = write_error(session, code, ctx).await {
+            let written =
+                responses::write_error(session, code, ctx.refusal, ctx.request_id.as_ref()).await;
+            if let Err(err) = written {
                 log::debug!("could not send the {code} response: {err}");
             }
         }
@@ -479,41 +470,6 @@ impl ProxyHttp for Proxy {
             error: e.map(|e| e.to_string()),
         });
     }
-}
-
-/// Writes a short plain-text error response.
-async fn write_error(session: &mut Session, code: u16, ctx: &Ctx) -> Result<()> {
-    let reason = http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let detail = match (code, ctx.refusal) {
-        (503, Some(r)) => r.detail(),
-        (502, _) => "the backend failed to answer",
-        (504, _) => "the backend did not answer in time",
-        _ => "",
-    };
-    let body = if detail.is_empty() {
-        format!("{code} {reason}\n")
-    } else {
-        format!("{code} {reason}: {detail}\n")
-    };
-    let mut resp = ResponseHeader::build(code, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(http::header::CONNECTION, "close")?;
-    if ctx.refusal == Some(Refusal::AllFull) {
-        resp.insert_header(http::header::RETRY_AFTER, "1")?;
-    }
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header("X-Request-Id", id.clone())?;
-    }
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]
