@@ -12,7 +12,8 @@
 //! | half-open | admitted while fewer than `half_open_max_calls` probes are in flight | streak + 1; at `recovery_threshold` → closed | → open again (not a new trip) |
 //!
 //! A result reported for a request admitted in an earlier state (a slow request that started
-//! before the breaker opened) is ignored, so one burst of failures trips once.
+//! before the breaker opened, or before it closed again) is ignored, so one burst of failures
+//! trips once.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -210,6 +211,8 @@ pub struct CircuitBreaker {
     /// Mirror of the machine's state (and of whether a failure streak is pending) for the
     /// lock-free fast path.
     hint: AtomicU8,
+    /// Mirror of the machine's generation, so requests admitted on the fast path carry it.
+    generation: AtomicU64,
     trips: AtomicU64,
     machine: Mutex<BreakerMachine>,
 }
@@ -224,6 +227,7 @@ impl CircuitBreaker {
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             hint: AtomicU8::new(CLEAN),
+            generation: AtomicU64::new(0),
             trips: AtomicU64::new(0),
             machine: Mutex::new(BreakerMachine::new(settings)),
         }
@@ -242,7 +246,8 @@ impl CircuitBreaker {
             BreakerState::Closed => STREAK,
             s => s.to_u8(),
         };
-        self.hint.store(hint, Ordering::Relaxed);
+        self.generation.store(m.generation, Ordering::Release);
+        self.hint.store(hint, Ordering::Release);
         self.trips.store(m.trips, Ordering::Relaxed);
     }
 
@@ -262,17 +267,18 @@ impl CircuitBreaker {
 
     /// Asks to send one request; the permit must be completed (or dropped) when it ends.
     pub fn try_acquire(self: &Arc<Self>, now: Instant) -> Option<BreakerPermit> {
-        let ticket = match self.hint.load(Ordering::Relaxed) {
-            CLEAN | STREAK => {
-                // Closed: no lock needed to admit. The generation is only needed to ignore
-                // stale results, so read it under the lock only when results matter (failures).
-                None
-            }
+        let ticket = match self.hint.load(Ordering::Acquire) {
+            // Closed: admitted without the lock, tagged with the closed state's generation so a
+            // result arriving after the breaker has moved on is ignored.
+            CLEAN | STREAK => Ticket {
+                generation: self.generation.load(Ordering::Acquire),
+                probe: false,
+            },
             _ => {
                 let mut m = self.lock();
                 let t = m.try_acquire(now)?;
                 self.publish(&m);
-                Some(t)
+                t
             }
         };
         Some(BreakerPermit {
@@ -284,24 +290,14 @@ impl CircuitBreaker {
 
     fn complete(
         &self,
-        ticket: Option<Ticket>,
+        ticket: Ticket,
         success: Option<bool>,
         now: Instant,
     ) -> Option<BreakerState> {
-        if ticket.is_none() && success != Some(false) && self.hint.load(Ordering::Relaxed) == CLEAN
-        {
-            return None; // closed and healthy: nothing to count
+        if !ticket.probe && success != Some(false) && self.hint.load(Ordering::Acquire) == CLEAN {
+            return None; // closed with no failure streak: a success changes nothing
         }
         let mut m = self.lock();
-        let ticket = ticket.unwrap_or(Ticket {
-            // admitted while closed: count it against the current closed generation
-            generation: if m.state == BreakerState::Closed {
-                m.generation
-            } else {
-                u64::MAX
-            },
-            probe: false,
-        });
         let changed = m.record(ticket, success, now);
         self.publish(&m);
         changed
@@ -314,7 +310,7 @@ impl CircuitBreaker {
 #[derive(Debug)]
 pub struct BreakerPermit {
     breaker: Arc<CircuitBreaker>,
-    ticket: Option<Ticket>,
+    ticket: Ticket,
     done: bool,
 }
 
@@ -490,6 +486,27 @@ mod tests {
         assert_eq!(b.state(), Closed);
         // clean closed breaker: success needs no lock and changes nothing
         b.try_acquire(later).unwrap().success(later);
+        assert_eq!((b.state(), b.trips()), (Closed, 1));
+    }
+
+    #[test]
+    fn shared_breaker_ignores_failures_of_requests_admitted_before_a_recovery() {
+        let settings = BreakerSettings {
+            failure_threshold: 1,
+            ..S
+        };
+        let b = Arc::new(CircuitBreaker::new(settings));
+        let t0 = Instant::now();
+        let slow = b.try_acquire(t0).unwrap(); // admitted while closed (fast path)
+        b.try_acquire(t0).unwrap().failure(t0);
+        assert_eq!(b.state(), Open);
+        let later = t0 + S.timeout;
+        for _ in 0..2 {
+            b.try_acquire(later).unwrap().success(later);
+        }
+        assert_eq!(b.state(), Closed, "recovered");
+        // the request admitted before the trip fails late: it must not re-open the breaker
+        assert_eq!(slow.failure(later), None);
         assert_eq!((b.state(), b.trips()), (Closed, 1));
     }
 }

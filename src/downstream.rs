@@ -68,6 +68,24 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// [`head_end`] for a buffer whose first `from` bytes are known to hold no terminator and no
+/// leading blank lines only (so the head has started before `from`).
+fn head_end_from(buf: &[u8], from: usize) -> Option<usize> {
+    if buf[..from].iter().all(|&b| b == b'\r' || b == b'\n') {
+        return head_end(buf); // still in leading blank lines
+    }
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
 /// Reads one request head (and whatever follows it in the same reads).
 async fn read_head(
     stream: &mut Stream,
@@ -85,8 +103,18 @@ async fn read_head(
         _ => return Err(HeadError::Gone),
     }
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
+    let mut scanned = 0;
     loop {
-        match head_end(&buf) {
+        // Only the new bytes (and the 3 before them, for a terminator split across reads) are
+        // scanned, so a client sending one byte at a time costs linear, not quadratic, work.
+        let end = if scanned == 0 {
+            head_end(&buf)
+        } else {
+            let from = scanned - 3;
+            head_end_from(&buf, from)
+        };
+        scanned = buf.len().max(3);
+        match end {
             Some(end) if end > limits.max_header_size => return Err(HeadError::TooLarge),
             Some(_) => return Ok(buf),
             None => {}
@@ -244,6 +272,12 @@ mod tests {
         ];
         for (buf, want) in cases {
             assert_eq!(head_end(buf), *want, "{:?}", String::from_utf8_lossy(buf));
+        }
+        // resuming the scan gives the same answer wherever the previous read ended
+        let full = b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nBODY";
+        for cut in 3..full.len() {
+            let got = head_end(&full[..cut]).or_else(|| head_end_from(full, cut - 3));
+            assert_eq!(got, Some(33), "cut at {cut}");
         }
     }
 }

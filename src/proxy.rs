@@ -148,6 +148,7 @@ impl Ctx {
 
     /// The current attempt failed: remember its backend so a retry goes elsewhere.
     fn fail_attempt(&mut self, now: Instant) {
+        self.upstream_time = None;
         if let Some(attempt) = self.attempt.take() {
             self.tried.push(attempt.fail(now));
         }
@@ -373,6 +374,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let now = Instant::now();
         let status = response.status.as_u16();
+        if response.status.is_informational() && status != 101 {
+            return Ok(()); // 100 Continue / 103 Early Hints: the final answer is still to come
+        }
         let Some(attempt) = ctx.attempt.as_mut() else {
             return Ok(());
         };
@@ -424,7 +428,9 @@ impl ProxyHttp for Proxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 {
+        // Once the backend's head reached the client, an error page would corrupt the response:
+        // just close the connection.
+        if code > 0 && session.response_written().is_none() {
             let written =
                 responses::write_error(session, code, ctx.refusal, ctx.request_id.as_ref()).await;
             if let Err(err) = written {

@@ -1,8 +1,11 @@
 //! Per-client rate limiting, and who the client is.
 //!
-//! [`RateLimiter`]: `rate_limit: {requests_per_second: R, burst: B}` allows each client IP at most
-//! `B` requests in any sliding window of `B / R` seconds: a burst of `B` at once, `R` per second
-//! sustained (the same promise as a token bucket of size `B` refilled at `R`/s). Counts live in
+//! [`RateLimiter`]: `rate_limit: {requests_per_second: R, burst: B}` allows each client IP about
+//! `B` requests in a sliding window of `B / R` seconds (`B` is raised to `R` if smaller): a burst
+//! of `B` at once, `R` per second sustained, like a token bucket of size `B` refilled at `R`/s.
+//! The window is estimated from two fixed intervals (pingora-limits' proportional estimate), so
+//! a client that times its requests to an interval boundary can get up to about `2B` through in
+//! one window. Counts live in
 //! pingora-limits' [`Rate`], a fixed-size lock-free count-min sketch: memory does not grow with
 //! the number of clients, and a hash collision can only over-count (limit a client early), never
 //! let one through. Refused requests are not counted, so a client that backs off gets back in.
@@ -17,6 +20,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use pingora_limits::rate::Rate;
+
+/// Count-min sketch rows.
+const SKETCH_HASHES: usize = 4;
+/// Count-min sketch columns: 16 times pingora-limits' default, so that tens of thousands of
+/// active clients rarely collide into a false 429 (about 1 MiB for the two intervals).
+const SKETCH_SLOTS: usize = 16 * 1024;
 
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,15 +48,17 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter allowing `burst` requests per `burst / requests_per_second` seconds.
+    /// A limiter allowing `burst` requests per `burst / requests_per_second` seconds. A `burst`
+    /// below `requests_per_second` is raised to it: pingora-limits' estimator needs windows of
+    /// at least a second (its interval reset asserts on shorter ones).
     pub fn new(requests_per_second: u32, burst: u32) -> Result<Self, String> {
         if requests_per_second == 0 || burst == 0 {
             return Err("requests_per_second and burst must be at least 1".into());
         }
-        let window = Duration::from_secs_f64(f64::from(burst) / f64::from(requests_per_second))
-            .max(Duration::from_millis(10));
+        let burst = burst.max(requests_per_second);
+        let window = Duration::from_secs_f64(f64::from(burst) / f64::from(requests_per_second));
         Ok(Self {
-            rate: Rate::new(window),
+            rate: Rate::new_with_estimator_config(window, SKETCH_HASHES, SKETCH_SLOTS),
             burst: u64::from(burst),
             window,
         })
@@ -256,6 +267,12 @@ mod tests {
         assert_eq!(allowed, 20);
         assert!(limiter.check(&b).allowed, "another client is unaffected");
         assert!(RateLimiter::new(0, 1).is_err());
+        let raised = RateLimiter::new(100, 10).unwrap();
+        assert_eq!(
+            raised.window(),
+            Duration::from_secs(1),
+            "never under a second"
+        );
     }
 
     #[test]

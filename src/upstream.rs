@@ -125,19 +125,20 @@ pub fn choose(
         {
             return false;
         }
-        let Some(guard) = InFlightGuard::try_new(state) else {
-            full.set(true);
-            return false;
-        };
+        // The breaker first: a refused candidate must not count as a request to its backend.
         let permit = match &state.breaker {
             None => None,
             Some(breaker) => match breaker.try_acquire(now) {
                 Some(p) => Some(p),
                 None => {
                     open.set(true);
-                    return false; // the guard drops: the reservation is released
+                    return false;
                 }
             },
+        };
+        let Some(guard) = InFlightGuard::try_new(state) else {
+            full.set(true);
+            return false; // the permit drops unreported: a half-open probe slot is released
         };
         *chosen.borrow_mut() = Some(Attempt {
             guard,
@@ -170,11 +171,12 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn pool(reg: &Registry) -> Pool<Balancer> {
+        pool_with(reg, Strategy::RoundRobin)
+    }
+
+    fn pool_with(reg: &Registry, strategy: Strategy) -> Pool<Balancer> {
         let set = reg.snapshot().iter().map(|s| s.to_backend()).collect();
-        let cfg = BalanceConfig {
-            strategy: Strategy::RoundRobin,
-            seed: 1,
-        };
+        let cfg = BalanceConfig { strategy, seed: 1 };
         let pool = Pool::from_backends_with_config(Backends::new(Static::new(set)), Some(cfg));
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -202,16 +204,24 @@ mod tests {
 
     #[test]
     fn avoids_tried_backends_while_others_remain() {
+        // ip_hash proposes the same backend for the same key every time: only the tried list
+        // can move the retry elsewhere
         let reg = registry(false, 0);
-        let p = pool(&reg);
+        let p = pool_with(&reg, Strategy::IpHash);
         let now = Instant::now();
-        let first = choose(&p, 2, b"", &[], now).unwrap();
+        let key = [127, 0, 0, 9];
+        let first = choose(&p, 2, &key, &[], now).unwrap();
+        let again = choose(&p, 2, &key, &[], now).unwrap();
+        assert!(
+            Arc::ptr_eq(first.state(), again.state()),
+            "same key, same backend"
+        );
         let tried = vec![first.fail(now)];
-        let second = choose(&p, 2, b"", &tried, now).unwrap();
+        let second = choose(&p, 2, &key, &tried, now).unwrap();
         assert!(!Arc::ptr_eq(second.state(), &tried[0]));
         let both = vec![tried[0].clone(), second.fail(now)];
         // everything tried: go back to a tried backend rather than fail
-        assert!(choose(&p, 2, b"", &both, now).is_ok());
+        assert!(choose(&p, 2, &key, &both, now).is_ok());
     }
 
     #[test]

@@ -280,3 +280,54 @@ fn access_log_writes_one_json_line_per_request() {
     drop(lb);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn a_weight_change_reaches_selection() {
+    let b = backends(&[("a", 0), ("b", 0)]);
+    let mut cfg = config(Strategy::WeightedRoundRobin, &[(&b[0], 1), (&b[1], 1)]);
+    cfg.admin_token = Some(TOKEN.into());
+    let lb = start(cfg);
+    let c = counts(&sequence(lb.listen_addr(), 8));
+    assert_eq!((c["a"], c["b"]), (4, 4));
+    let r = api(
+        lb.admin_addr(),
+        "PATCH",
+        "/api/backends/a",
+        Some(r#"{"weight":3}"#),
+        Some(TOKEN),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let c = counts(&sequence(lb.listen_addr(), 8));
+    assert_eq!((c["a"], c["b"]), (6, 2), "weights 3:1 over two periods");
+}
+
+#[test]
+fn open_client_connections_are_counted() {
+    let b = backends(&[("a", 0)]);
+    let lb = start(config(Strategy::RoundRobin, &[(&b[0], 1)]));
+    let open = || {
+        let r = get(lb.admin_addr(), "/metrics?format=json");
+        json(&r)["active_connections"].as_u64().unwrap()
+    };
+    assert_eq!(open(), 0);
+    let mut conns: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(lb.listen_addr()).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = [0u8; 512];
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let n = s.read(&mut buf).unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            s
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || open() == 3),
+        "three kept-alive connections"
+    );
+    conns.truncate(1);
+    assert!(
+        wait_until(Duration::from_secs(5), || open() == 1),
+        "two closed"
+    );
+}
