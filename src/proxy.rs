@@ -11,12 +11,14 @@
 //!    another backend when [`RetryPolicy`] allows (connect failures always qualify; after bytes
 //!    went upstream only idempotent requests whose body fit pingora's retry buffer).
 //! 5. `upstream_request_filter` — `X-Forwarded-For/-Proto/-Host`, `X-Request-Id`.
-//! 6. `upstream_response_filter` — latency average, breaker result; a 502/503/504 to an
-//!    idempotent request is retried on another backend before anything reaches the client.
+//! 6. `upstream_response_filter` — latency average; a failure status counts against the breaker;
+//!    a 502/503/504 to an idempotent request is retried on another backend before anything
+//!    reaches the client.
 //! 7. `response_filter` — echo `X-Request-Id`.
 //! 8. `fail_to_proxy` — a short plain-text error ([`responses`]: 503 no backend, 502 backends
 //!    failed, 504 timeout).
-//! 9. `logging` — metrics, and the JSON access-log line (queued, written by another thread).
+//! 9. `logging` — the attempt's final outcome for the breaker (a failure mid-body counts),
+//!    metrics, and the JSON access-log line (queued, written by another thread).
 //!
 //! The pipeline holds no lock across an await, and allocates per request only what pingora's
 //! API requires (the peer box) plus the request-id header value.
@@ -384,7 +386,9 @@ impl ProxyHttp for Proxy {
         attempt.state().stats.record_latency(took);
         attempt.state().stats.record_response(status);
         ctx.upstream_time = Some(took);
-        attempt.settle(!self.settings.failure_statuses.contains(status), now);
+        if self.settings.failure_statuses.contains(status) {
+            attempt.settle(false, now);
+        } // a success is settled when the whole response went through (see `logging`)
         if matches!(status, 502..=504) && Self::replayable(session) && self.may_retry(ctx, now) {
             // Nothing has reached the client yet: try another backend instead.
             ctx.fail_attempt(now);
@@ -449,6 +453,18 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // The last attempt's outcome, now that the whole response went through (or not): a
+        // backend that fails mid-body counts against its breaker; a client that went away
+        // counts against nobody.
+        if let Some(attempt) = ctx.attempt.as_mut() {
+            match e {
+                None => attempt.settle(true, Instant::now()),
+                Some(err) if err.esource() == &ErrorSource::Upstream => {
+                    attempt.settle(false, Instant::now())
+                }
+                Some(_) => {}
+            }
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics.record_request(&RequestRecord {
             status,

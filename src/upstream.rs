@@ -16,6 +16,9 @@ use crate::backend::{state_of, BackendState, InFlightGuard};
 use crate::balance::{max_iterations, Balancer};
 use crate::breaker::{BreakerPermit, BreakerState};
 
+/// The latency sample a failed attempt adds to its backend's moving average.
+pub const FAILURE_LATENCY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why no backend could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -79,11 +82,14 @@ impl Attempt {
     }
 
     /// The attempt failed (connect error, timeout, reset, or a status being retried): count the
-    /// failure, release the backend, and return it for the request's tried list.
+    /// failure, release the backend, and return it for the request's tried list. The failure
+    /// also enters the backend's latency average as [`FAILURE_LATENCY`], so the load-aware
+    /// strategies stop favouring a backend that fails fast.
     pub fn fail(mut self, now: Instant) -> Arc<BackendState> {
         let state = self.state().clone();
         if !self.settled {
             state.stats.record_failure();
+            state.stats.record_latency(FAILURE_LATENCY);
             if let Some(permit) = self.permit.take() {
                 log_breaker(&state, permit.failure(now));
             }
