@@ -196,7 +196,7 @@ impl LoadBalancer {
     }
 
     /// Builds the pingora server with its three services; also returns the backend pool.
-    fn build(self, opt: Option<Opt>) -> Result<(Server, Arc<Pool<Balancer>>), StartError> {
+    fn build(self, opt: Option<Opt>) -> Result<(Server, PoolHandle), StartError> {
         let cfg = &self.config;
         let server_conf = cfg.server_conf()?;
         let mut server = Server::new_with_opt_and_conf(opt, server_conf);
@@ -204,12 +204,12 @@ impl LoadBalancer {
 
         let pool = build_pool(cfg, &self.registry)?;
         let health = background_service("health checks", pool);
-        let pool = health.task();
+        let pool = PoolHandle::new(health.task());
 
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
         let settings = proxy_settings(cfg)?;
         let proxy = Proxy::new(
-            pool.clone(),
+            pool.pool.clone(),
             self.registry.clone(),
             metrics.clone(),
             settings,
@@ -317,14 +317,50 @@ fn build_pool(
     Ok(pool)
 }
 
-/// Rebuilds the pool's backend set and selector from the registry, at once. Discovery reads
-/// memory only, so this never waits on I/O.
+/// Rebuilds the pool's backend set and selector from the registry, at once, from outside any
+/// async runtime. Discovery reads memory only, so this never waits on I/O.
 fn refresh(pool: &Pool<Balancer>) -> Result<(), StartError> {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| StartError::Io(format!("cannot create a runtime: {e}")))?
-        .block_on(pool.update())
-        .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))
+    PoolHandle::block_on(pool.update())
+}
+
+/// The running pool and the lock that keeps its rebuilds in order: pingora's `update` must not
+/// overlap, or an older backend set could be stored last (a removed backend coming back).
+#[derive(Clone)]
+pub struct PoolHandle {
+    /// Pingora's load balancer over the registry.
+    pub pool: Arc<Pool<Balancer>>,
+    rebuild: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl PoolHandle {
+    /// A handle on `pool`.
+    pub fn new(pool: Arc<Pool<Balancer>>) -> Self {
+        Self {
+            pool,
+            rebuild: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Rebuilds the backend set and selector from the registry (inside an async runtime).
+    pub async fn refresh(&self) -> pingora::Result<()> {
+        let _one_at_a_time = self.rebuild.lock().await;
+        self.pool.update().await
+    }
+
+    /// [`Self::refresh`] from outside any async runtime.
+    pub fn refresh_blocking(&self) -> Result<(), StartError> {
+        Self::block_on(self.refresh())
+    }
+
+    fn block_on<F: std::future::Future<Output = pingora::Result<()>>>(
+        f: F,
+    ) -> Result<(), StartError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| StartError::Io(format!("cannot create a runtime: {e}")))?
+            .block_on(f)
+            .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))
+    }
 }
 
 /// A seed that differs between processes (request ids, random strategies).
@@ -361,7 +397,7 @@ pub struct RunningLoadBalancer {
     listen: SocketAddr,
     admin: SocketAddr,
     registry: Arc<Registry>,
-    pool: Arc<Pool<Balancer>>,
+    pool: PoolHandle,
     notify: Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -385,13 +421,13 @@ impl RunningLoadBalancer {
     /// Adds a backend while running; it takes traffic from the next request on.
     pub fn add_server(&self, server: BackendServer) -> Result<(), StartError> {
         self.registry.add(server).map_err(StartError::Backend)?;
-        refresh(&self.pool)
+        self.pool.refresh_blocking()
     }
 
     /// Removes a backend while running; requests already sent to it finish.
     pub fn remove_server(&self, id: &str) -> Result<Option<BackendServer>, StartError> {
         let removed = self.registry.remove(id).map(|s| s.server.clone());
-        refresh(&self.pool)?;
+        self.pool.refresh_blocking()?;
         Ok(removed)
     }
 

@@ -182,7 +182,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Rebuilds pingora's backend set and selector from the registry.
 async fn refresh(state: &AdminState) -> Result<(), ApiError> {
-    state.pool.update().await.map_err(|e| {
+    state.pool.refresh().await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot apply the change: {e}"),

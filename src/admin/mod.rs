@@ -25,12 +25,11 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use pingora_load_balancing::LoadBalancer as Pool;
 use serde::Serialize;
 
 use crate::backend::Registry;
-use crate::balance::Balancer;
 use crate::metrics::Metrics;
+use crate::server::PoolHandle;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -40,7 +39,7 @@ pub struct AdminState {
     /// The backends.
     pub registry: Arc<Registry>,
     /// Pingora's load balancer over them (rebuilt after changes).
-    pub pool: Arc<Pool<Balancer>>,
+    pub pool: PoolHandle,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Bearer token required for mutating API calls; `None` refuses them.
