@@ -132,7 +132,7 @@ pub struct LoadBalancerConfig {
     pub ssl_cert_file: Option<PathBuf>,
     /// PEM private key for TLS (default none; rejected until TLS lands).
     pub ssl_key_file: Option<PathBuf>,
-    /// Limit on one proxied request (default 30s, > 0).
+    /// Timeout of each read from and write to a backend, per attempt (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
     /// Limit on the TCP connect to a backend, per attempt (default 5s, > 0).
