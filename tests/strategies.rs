@@ -203,3 +203,47 @@ fn consistent_hashing_moves_about_one_in_n_clients_when_a_backend_is_added() {
     // ideal 1/5 = 0.2
     assert!((0.08..=0.35).contains(&share), "moved share {share}");
 }
+
+#[test]
+fn consistent_hashing_can_key_on_a_header_a_cookie_or_the_path() {
+    use fulcrum::balance::HashKey;
+    let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
+    let keys = [
+        (HashKey::Header("x-user".parse().unwrap()), "X-User"),
+        (HashKey::Cookie("sid".into()), "Cookie"),
+        (HashKey::Path, ""),
+    ];
+    for (hash_key, header) in keys {
+        let mut cfg = config(
+            Strategy::ConsistentHashing,
+            &[(&b[0], 1), (&b[1], 1), (&b[2], 1)],
+        );
+        cfg.hash_key = hash_key.clone();
+        let lb = start(cfg);
+        let ask = |value: &str, client_no: u32| {
+            let (path, headers): (String, Vec<(&str, String)>) = match header {
+                "" => (format!("/{value}"), vec![]),
+                "Cookie" => ("/".into(), vec![("Cookie", format!("a=1; sid={value}"))]),
+                h => ("/".into(), vec![(h, value.to_string())]),
+            };
+            let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            served_by(
+                &request(lb.listen_addr(), "GET", &path, &hs, Some(client(client_no))).unwrap(),
+            )
+        };
+        // the key, not the client address, decides
+        for value in ["alice", "bob", "carol"] {
+            let first = ask(value, 0);
+            for client in 1..6 {
+                assert_eq!(
+                    ask(value, client),
+                    first,
+                    "{hash_key}: {value} moved with the client"
+                );
+            }
+        }
+        // and different keys spread
+        let spread: BTreeSet<String> = (0..40).map(|i| ask(&format!("user{i}"), 0)).collect();
+        assert_eq!(spread.len(), 3, "{hash_key}: {spread:?}");
+    }
+}
