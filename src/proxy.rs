@@ -32,7 +32,7 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_load_balancing::LoadBalancer as Pool;
 
 use crate::access_log::{AccessEntry, AccessLog};
@@ -146,6 +146,13 @@ impl Ctx {
     /// Number of attempts made.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The current attempt ended without a verdict on its backend (a stale pooled connection):
+    /// release it, count nothing.
+    fn release_attempt(&mut self) {
+        self.upstream_time = None;
+        self.attempt = None;
     }
 
     /// The current attempt failed: remember its backend so a retry goes elsewhere.
@@ -331,7 +338,12 @@ impl ProxyHttp for Proxy {
             return e; // upstream_response_filter already failed the attempt and decided
         }
         let now = Instant::now();
-        if e.esource() != &ErrorSource::Downstream {
+        // A pooled connection the backend had already closed is pingora's "reused only" error:
+        // the backend did nothing wrong, so it is released without counting a failure.
+        let stale_pooled = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        if stale_pooled {
+            ctx.release_attempt();
+        } else if e.esource() != &ErrorSource::Downstream {
             ctx.fail_attempt(now);
         }
         // Bytes may have reached the backend: pingora's rule (idempotent, body in the retry
