@@ -346,15 +346,15 @@ impl ProxyHttp for Proxy {
         } else if e.esource() != &ErrorSource::Downstream {
             ctx.fail_attempt(now);
         }
-        // Bytes may have reached the backend: pingora's rule (idempotent, body in the retry
-        // buffer, error on a reused connection or explicitly retryable) first, then our budget.
-        if Self::replayable(session) {
+        // Bytes may have reached the backend: only an idempotent request whose body is still in
+        // the retry buffer may be replayed, and only while nothing has reached the client
+        // (pingora alone would retry just stale pooled connections); then the budget decides.
+        let replay = Self::replayable(session) && {
             e.retry.decide_reuse(client_reused);
-            let again = e.retry() && self.may_retry(ctx, now);
-            e.set_retry(again);
-        } else {
-            e.set_retry(false);
-        }
+            e.retry()
+                || (e.esource() == &ErrorSource::Upstream && session.response_written().is_none())
+        };
+        e.set_retry(replay && self.may_retry(ctx, now));
         e
     }
 
