@@ -2,13 +2,13 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use pingora_load_balancing::Backend;
 
 use super::members::Members;
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::walk::Seen;
+use super::walk::{pick_selection, ranked_pick};
 
 /// Least connections, weighted (nginx's and HAProxy's `least_conn`/`leastconn`): the backend
 /// with the lowest `in_flight / weight` wins, compared exactly as
@@ -80,23 +80,7 @@ pub fn best_unseen<K: Copy>(
 
 pick_selection!(LeastConnections);
 
-impl Pick for LeastConnections {
-    /// The request's ticket, which rotates ties.
-    type Cursor = usize;
-
-    fn members(&self) -> &Members {
-        &self.members
-    }
-
-    fn first(&self, _key: &[u8]) -> (usize, usize) {
-        let turn = self.ticket.fetch_add(1, Ordering::Relaxed);
-        (self.best(turn, &Seen::EMPTY).unwrap_or(0), turn)
-    }
-
-    fn further(&self, turn: &mut usize, seen: &Seen) -> Option<usize> {
-        self.best(*turn, seen)
-    }
-}
+ranked_pick!(LeastConnections);
 
 #[cfg(test)]
 mod tests {

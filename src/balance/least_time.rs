@@ -1,14 +1,14 @@
 //! Least response time: lowest latency average × (in-flight + 1).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use pingora_load_balancing::Backend;
 
 use super::least_conn::best_unseen;
 use super::members::Members;
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::walk::Seen;
+use super::walk::{pick_selection, ranked_pick};
 
 /// Least response time, after Finagle's latency-aware balancers (its EWMA "peak EWMA" cost,
 /// Twitter, 2016) and nginx Plus's `least_time`: the backend with the lowest
@@ -53,23 +53,7 @@ impl LeastResponseTime {
 
 pick_selection!(LeastResponseTime);
 
-impl Pick for LeastResponseTime {
-    /// The request's ticket, which rotates ties.
-    type Cursor = usize;
-
-    fn members(&self) -> &Members {
-        &self.members
-    }
-
-    fn first(&self, _key: &[u8]) -> (usize, usize) {
-        let turn = self.ticket.fetch_add(1, Ordering::Relaxed);
-        (self.best(turn, &Seen::EMPTY).unwrap_or(0), turn)
-    }
-
-    fn further(&self, turn: &mut usize, seen: &Seen) -> Option<usize> {
-        self.best(*turn, seen)
-    }
-}
+ranked_pick!(LeastResponseTime);
 
 #[cfg(test)]
 mod tests {

@@ -58,6 +58,39 @@ macro_rules! pick_selection {
 }
 pub(crate) use pick_selection;
 
+/// Implements [`Pick`] for a strategy that ranks all backends on every call (least connections,
+/// least response time): `self.members`, a shared `self.ticket` that rotates ties, and
+/// `self.best(turn, seen)` returning the best backend not yet seen.
+macro_rules! ranked_pick {
+    ($strategy:ty) => {
+        impl $crate::balance::walk::Pick for $strategy {
+            /// The request's ticket, which rotates ties.
+            type Cursor = usize;
+
+            fn members(&self) -> &$crate::balance::members::Members {
+                &self.members
+            }
+
+            fn first(&self, _key: &[u8]) -> (usize, usize) {
+                let turn = self
+                    .ticket
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let best = self.best(turn, &$crate::balance::walk::Seen::EMPTY);
+                (best.unwrap_or(0), turn)
+            }
+
+            fn further(
+                &self,
+                turn: &mut usize,
+                seen: &$crate::balance::walk::Seen,
+            ) -> Option<usize> {
+                self.best(*turn, seen)
+            }
+        }
+    };
+}
+pub(crate) use ranked_pick;
+
 /// Backends already yielded by one iterator: empty (no allocation) until the second candidate.
 #[derive(Debug, Default)]
 pub struct Seen {
