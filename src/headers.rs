@@ -76,7 +76,7 @@ pub fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> String {
 }
 
 /// The `X-Forwarded-For` values as strings, in header order (for trusted-proxy resolution).
-pub fn forwarded_for_values(req: &RequestHeader) -> impl Iterator<Item = &str> {
+pub fn forwarded_for_values(req: &RequestHeader) -> impl DoubleEndedIterator<Item = &str> {
     req.headers
         .get_all("x-forwarded-for")
         .iter()

@@ -192,14 +192,13 @@ impl TrustedProxies {
     pub fn client_ip<'a>(
         &self,
         peer: IpAddr,
-        forwarded_for: impl Iterator<Item = &'a str>,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     ) -> IpAddr {
         if self.networks.is_empty() || !self.trusts(&peer) {
             return peer;
         }
-        let entries: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).collect();
         let mut client = peer;
-        for entry in entries.iter().rev() {
+        for entry in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
             match parse_forwarded_ip(entry) {
                 Some(ip) => {
                     client = ip;
