@@ -96,6 +96,34 @@ pub fn state_or_default(backend: &Backend) -> Arc<BackendState> {
     )
 }
 
+/// Weighted random draws over a backend set (random, power of two choices): the cumulative
+/// weights and a lock-free generator.
+#[derive(Debug)]
+pub struct WeightedDraw {
+    weights: Cumulative,
+    rng: crate::rng::SplitMix64,
+}
+
+impl WeightedDraw {
+    /// Draws over `members`, from a generator seeded with `seed`.
+    pub fn new(members: &Members, seed: u64) -> Self {
+        Self {
+            weights: Cumulative::new(members),
+            rng: crate::rng::SplitMix64::new(seed),
+        }
+    }
+
+    /// One backend, with probability proportional to its weight.
+    pub fn draw(&self) -> usize {
+        self.weights.pick(self.rng.next_u64())
+    }
+
+    /// A uniform value in `0..n` (`n > 0`).
+    pub fn below(&self, n: u64) -> u64 {
+        self.rng.below(n)
+    }
+}
+
 /// Cumulative weights, for weighted picks by binary search: the same mapping as a table holding
 /// each backend's index `weight` times, in `len()` instead of `sum(weights)` entries.
 #[derive(Debug)]

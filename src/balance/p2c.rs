@@ -5,10 +5,9 @@ use std::collections::BTreeSet;
 use pingora_load_balancing::Backend;
 
 use super::least_conn::{by_load, load};
-use super::members::{Cumulative, Members};
+use super::members::{Members, WeightedDraw};
 use super::walk::pick_selection;
 use super::walk::{Pick, Seen};
-use crate::rng::SplitMix64;
 
 /// Draws allowed for a second candidate distinct from the first before taking a uniform one.
 const DISTINCT_DRAWS: u32 = 8;
@@ -22,8 +21,7 @@ const DISTINCT_DRAWS: u32 = 8;
 #[derive(Debug)]
 pub struct PowerOfTwoChoices {
     members: Members,
-    weights: Cumulative,
-    rng: SplitMix64,
+    draws: WeightedDraw,
 }
 
 impl PowerOfTwoChoices {
@@ -31,27 +29,26 @@ impl PowerOfTwoChoices {
     pub fn new(backends: &BTreeSet<Backend>, seed: u64) -> Self {
         let members = Members::new(backends);
         Self {
-            weights: Cumulative::new(&members),
+            draws: WeightedDraw::new(&members, seed),
             members,
-            rng: SplitMix64::new(seed),
         }
     }
 
     /// Two distinct weighted-random backends (the same one twice when there is only one).
     pub fn candidates(&self) -> (usize, usize) {
         let n = self.members.len();
-        let first = self.weights.pick(self.rng.next_u64());
+        let first = self.draws.draw();
         if n < 2 {
             return (first, first);
         }
         for _ in 0..DISTINCT_DRAWS {
-            let second = self.weights.pick(self.rng.next_u64());
+            let second = self.draws.draw();
             if second != first {
                 return (first, second);
             }
         }
         // Weights so skewed that the draws keep hitting `first`: any other, uniformly.
-        let offset = 1 + self.rng.below(n as u64 - 1) as usize;
+        let offset = 1 + self.draws.below(n as u64 - 1) as usize;
         (first, (first + offset) % n)
     }
 }

@@ -4,10 +4,9 @@ use std::collections::BTreeSet;
 
 use pingora_load_balancing::Backend;
 
-use super::members::{Cumulative, Members};
+use super::members::{Members, WeightedDraw};
 use super::walk::pick_selection;
 use super::walk::{Pick, Seen};
-use crate::rng::SplitMix64;
 
 /// Further random draws, after the first, before the address-order scan.
 const EXTRA_DRAWS: u32 = 4;
@@ -19,8 +18,7 @@ const EXTRA_DRAWS: u32 = 4;
 #[derive(Debug)]
 pub struct Random {
     members: Members,
-    weights: Cumulative,
-    rng: SplitMix64,
+    draws: WeightedDraw,
 }
 
 impl Random {
@@ -28,9 +26,8 @@ impl Random {
     pub fn new(backends: &BTreeSet<Backend>, seed: u64) -> Self {
         let members = Members::new(backends);
         Self {
-            weights: Cumulative::new(&members),
+            draws: WeightedDraw::new(&members, seed),
             members,
-            rng: SplitMix64::new(seed),
         }
     }
 }
@@ -46,13 +43,13 @@ impl Pick for Random {
     }
 
     fn first(&self, _key: &[u8]) -> (usize, u32) {
-        (self.weights.pick(self.rng.next_u64()), 0)
+        (self.draws.draw(), 0)
     }
 
     fn further(&self, draws: &mut u32, seen: &Seen) -> Option<usize> {
         while *draws < EXTRA_DRAWS {
             *draws += 1;
-            let i = self.weights.pick(self.rng.next_u64());
+            let i = self.draws.draw();
             if !seen.contains(i) {
                 return Some(i);
             }
