@@ -21,7 +21,7 @@ fn backends(n: usize) -> BTreeSet<Backend> {
         .map(|i| {
             let ip = format!("http://127.0.{}.{}:8080", i / 250, 1 + i % 250);
             let server = BackendServer::new(format!("b{i}"), ip).with_weight(1 + i as u32 % 3);
-            BackendState::new(server)
+            BackendState::validated(server)
                 .map(|s| s.to_backend())
                 .unwrap_or_else(|e| panic!("{e}"))
         })

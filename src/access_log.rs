@@ -118,7 +118,7 @@ fn write_loop(
         if now_dropped > reported {
             let note = format!(
                 "{{\"time\":\"{}\",\"access_log_dropped\":{}}}\n",
-                crate::admin::health::rfc3339(SystemTime::now()),
+                crate::time::rfc3339(SystemTime::now()),
                 now_dropped - reported
             );
             let _ = out.write_all(note.as_bytes());

@@ -369,7 +369,7 @@ pub fn run_demo() -> Result<(), StartError> {
         .iter()
         .map(|(id, _, ms)| DemoBackend::start(id, Duration::from_millis(*ms)))
         .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| StartError::Io(format!("cannot start the demo backends: {e}")))?;
+        .map_err(StartError::io("start the demo backends"))?;
     let mut config = demo_config(&backends);
     config.apply_env(&|k| std::env::var(k).ok())?;
     let lb = LoadBalancer::new(config)?;

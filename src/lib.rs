@@ -25,6 +25,7 @@ pub mod demo;
 pub mod downstream;
 pub mod headers;
 pub mod health;
+pub mod histogram;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
@@ -32,6 +33,7 @@ pub mod responses;
 pub mod retry;
 pub(crate) mod rng;
 pub mod server;
+pub mod time;
 pub mod upstream;
 
 pub use backend::BackendServer;

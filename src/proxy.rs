@@ -6,14 +6,15 @@
 //! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id.
 //! 2. `request_filter` — per-client rate limit ([`RateLimiter`]): 429 when over
 //!    ([`responses`]).
-//! 3. `upstream_peer` — on a retry, wait the backoff; then [`upstream::choose`] a backend.
-//! 4. `fail_to_connect` / `error_while_proxy` — the attempt failed: record it, and retry on
-//!    another backend when [`RetryPolicy`] allows (connect failures always qualify; after bytes
-//!    went upstream only idempotent requests whose body fit pingora's retry buffer).
+//! 3. `upstream_peer` — [`upstream::choose`] a backend; on a retry, wait the backoff and take
+//!    the backend chosen when the retry was decided.
+//! 4. `fail_to_connect` / `error_while_proxy` — the attempt ended badly: [`upstream::verdict`]
+//!    says whether the backend is blamed and whether to retry; a retry happens when
+//!    [`RetryPolicy`] allows it (attempts, budget) and another backend can take it.
 //! 5. `upstream_request_filter` — `X-Forwarded-For/-Proto/-Host`, `X-Request-Id`.
 //! 6. `upstream_response_filter` — latency average; a failure status counts against the breaker;
 //!    a 502/503/504 to an idempotent request is retried on another backend before anything
-//!    reaches the client.
+//!    reaches the client, and passed through as it is when no retry is possible.
 //! 7. `response_filter` — echo `X-Request-Id`.
 //! 8. `fail_to_proxy` — a short plain-text error ([`responses`]: 503 no backend, 502 backends
 //!    failed, 504 timeout).
@@ -33,20 +34,17 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
-use pingora_load_balancing::LoadBalancer as Pool;
 
 use crate::access_log::{AccessEntry, AccessLog};
-use crate::admin::health::rfc3339;
-use crate::backend::{BackendState, Registry};
-use crate::balance::{Balancer, HashKey, Strategy};
-use crate::headers::{
-    cookie_value, forwarded_for, forwarded_for_values, forwarded_host, RequestIds,
-};
+use crate::backend::{BackendSet, BackendState};
+use crate::balance::{Balancer, RequestKey};
+use crate::headers::{forwarded_for, forwarded_for_values, forwarded_host, RequestIds};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
 use crate::responses;
 use crate::retry::{RetryDecision, RetryPolicy};
-use crate::upstream::{self, Attempt, Refusal};
+use crate::time::rfc3339;
+use crate::upstream::{self, verdict, Attempt, AttemptEnd, Refusal};
 
 /// A set of HTTP status codes, one bit each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,10 +72,8 @@ impl StatusSet {
 
 /// Everything the pipeline needs besides the backends, built once from the config.
 pub struct ProxySettings {
-    /// The selection strategy (decides which request key is hashed).
-    pub strategy: Strategy,
-    /// What consistent hashing hashes.
-    pub hash_key: HashKey,
+    /// What the strategy hashes (nothing, the client IP, a header, a cookie or the path).
+    pub key: RequestKey,
     /// TCP connect timeout per attempt.
     pub connect_timeout: Duration,
     /// Timeout of each read from and write to the backend.
@@ -110,6 +106,8 @@ pub struct Ctx {
     attempts: u32,
     /// The current attempt.
     attempt: Option<Attempt>,
+    /// The backend chosen for the retry that was just decided (taken after the backoff).
+    next: Option<Attempt>,
     /// Backends that failed earlier attempts of this request.
     tried: Vec<Arc<BackendState>>,
     /// The current attempt failed with a status we are retrying on.
@@ -128,6 +126,7 @@ impl Ctx {
             request_id: None,
             attempts: 0,
             attempt: None,
+            next: None,
             tried: Vec::new(),
             retrying_status: false,
             upstream_time: None,
@@ -148,79 +147,76 @@ impl Ctx {
         self.attempts
     }
 
-    /// The current attempt ended without a verdict on its backend (a stale pooled connection):
-    /// release it, count nothing.
-    fn release_attempt(&mut self) {
-        self.upstream_time = None;
-        self.attempt = None;
-    }
-
-    /// The current attempt failed: remember its backend so a retry goes elsewhere.
-    fn fail_attempt(&mut self, now: Instant) {
+    /// Ends the current attempt: blame its backend (`failed`) or release it without a verdict,
+    /// and remember it so a retry goes elsewhere.
+    fn end_attempt(&mut self, failed: bool, now: Instant) {
         self.upstream_time = None;
         if let Some(attempt) = self.attempt.take() {
-            self.tried.push(attempt.fail(now));
+            let state = if failed {
+                attempt.fail(now)
+            } else {
+                attempt.release()
+            };
+            self.tried.push(state);
         }
     }
 }
 
 /// The load balancer's request pipeline.
 pub struct Proxy {
-    pool: Arc<Pool<Balancer>>,
-    registry: Arc<Registry>,
+    backends: Arc<BackendSet<Balancer>>,
     metrics: Arc<Metrics>,
     settings: ProxySettings,
     ids: RequestIds,
 }
 
 impl Proxy {
-    /// A pipeline selecting from `pool`, whose backends' states are in `registry`.
+    /// A pipeline selecting from `backends`.
     pub fn new(
-        pool: Arc<Pool<Balancer>>,
-        registry: Arc<Registry>,
+        backends: Arc<BackendSet<Balancer>>,
         metrics: Arc<Metrics>,
         settings: ProxySettings,
         id_prefix: u64,
     ) -> Self {
         Self {
-            pool,
-            registry,
+            backends,
             metrics,
             settings,
             ids: RequestIds::new(id_prefix),
         }
     }
 
-    /// The bytes the hash-based strategies hash; empty for the others.
-    fn hash_key<'a>(
-        &self,
-        req: &'a RequestHeader,
-        client: Option<IpAddr>,
-        ip_buf: &'a mut [u8; 16],
-    ) -> &'a [u8] {
-        let found = match (self.settings.strategy, &self.settings.hash_key) {
-            (Strategy::ConsistentHashing, HashKey::Path) => Some(req.uri.path().as_bytes()),
-            (Strategy::ConsistentHashing, HashKey::Header(name)) => {
-                req.headers.get(name).map(|v| v.as_bytes())
-            }
-            (Strategy::ConsistentHashing, HashKey::Cookie(name)) => cookie_value(req, name),
-            (Strategy::ConsistentHashing | Strategy::IpHash, _) => None,
-            _ => return &[],
+    /// Chooses a backend for this request's next attempt, avoiding the ones it already tried.
+    fn choose(&self, session: &Session, ctx: &Ctx, now: Instant) -> Result<Attempt, Refusal> {
+        let mut ip_buf = [0u8; 16];
+        let key = self
+            .settings
+            .key
+            .resolve(session.req_header(), ctx.client_ip, &mut ip_buf);
+        upstream::choose(&self.backends, key, &ctx.tried, now)
+    }
+
+    /// After the current attempt failed as `end`: settle it, and choose the backend of a retry
+    /// when the policy allows one. Returns whether the request is retried.
+    fn after_failure(&self, session: &Session, ctx: &mut Ctx, end: AttemptEnd) -> bool {
+        let now = Instant::now();
+        let started = session.response_written().is_some();
+        let v = verdict(end, Self::replayable(session), started);
+        ctx.end_attempt(v.backend_failed, now);
+        v.retry && self.prepare_retry(session, ctx, now)
+    }
+
+    /// Chooses the backend of a retry (avoiding every backend in `ctx.tried`) and asks the
+    /// retry policy (attempts, budget). Returns whether the retry happens.
+    fn prepare_retry(&self, session: &Session, ctx: &mut Ctx, now: Instant) -> bool {
+        let Ok(next) = self.choose(session, ctx, now) else {
+            return false; // nobody left to try: the last answer or error stands
         };
-        if let Some(key) = found {
-            return key;
+        if !self.may_retry(ctx, now) {
+            return false; // `next` drops: its count and breaker permit are released
         }
-        match client {
-            Some(IpAddr::V4(v4)) => {
-                ip_buf[..4].copy_from_slice(&v4.octets());
-                &ip_buf[..4]
-            }
-            Some(IpAddr::V6(v6)) => {
-                *ip_buf = v6.octets();
-                &ip_buf[..]
-            }
-            None => &[],
-        }
+        ctx.next = Some(next);
+        true
     }
 
     /// Whether a failed attempt may be retried (attempts left, budget), counted in the metrics.
@@ -280,26 +276,18 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.attempts == 0 {
-            self.settings.retry.record_request(Instant::now());
-        } else {
-            tokio::time::sleep(self.settings.retry.delay(ctx.attempts)).await;
-        }
-        let mut ip_buf = [0u8; 16];
-        let key = self.hash_key(session.req_header(), ctx.client_ip, &mut ip_buf);
-        let now = Instant::now();
-        let attempt = match upstream::choose(&self.pool, self.registry.len(), key, &ctx.tried, now)
-        {
-            Ok(a) => a,
-            Err(refusal) if ctx.tried.is_empty() => {
-                ctx.refusal = Some(refusal);
-                return Err(Error::explain(ErrorType::HTTPStatus(503), refusal.detail()));
+        let attempt = match ctx.next.take() {
+            Some(next) => {
+                tokio::time::sleep(self.settings.retry.delay(ctx.attempts)).await;
+                next
             }
-            Err(_) => {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(502),
-                    "no backend left to retry on",
-                ))
+            None => {
+                let now = Instant::now();
+                self.settings.retry.record_request(now);
+                self.choose(session, ctx, now).map_err(|refusal| {
+                    ctx.refusal = Some(refusal);
+                    Error::explain(ErrorType::HTTPStatus(503), refusal.detail())
+                })?
             }
         };
         let mut peer = HttpPeer::new(attempt.state().addr, false, String::new());
@@ -313,15 +301,13 @@ impl ProxyHttp for Proxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let now = Instant::now();
-        ctx.fail_attempt(now);
-        // Nothing reached the backend, so any method may be retried elsewhere.
-        e.set_retry(self.may_retry(ctx, now));
+        let retry = self.after_failure(session, ctx, AttemptEnd::ConnectFailed);
+        e.set_retry(retry);
         e
     }
 
@@ -335,26 +321,24 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if std::mem::take(&mut ctx.retrying_status) {
-            return e; // upstream_response_filter already failed the attempt and decided
+            return e; // upstream_response_filter already ended the attempt and decided
         }
-        let now = Instant::now();
-        // A pooled connection the backend had already closed is pingora's "reused only" error:
-        // the backend did nothing wrong, so it is released without counting a failure.
-        let stale_pooled = client_reused && matches!(e.retry, RetryType::ReusedOnly);
-        if stale_pooled {
-            ctx.release_attempt();
-        } else if e.esource() != &ErrorSource::Downstream {
-            ctx.fail_attempt(now);
-        }
-        // Bytes may have reached the backend: only an idempotent request whose body is still in
-        // the retry buffer may be replayed, and only while nothing has reached the client
-        // (pingora alone would retry just stale pooled connections); then the budget decides.
-        let replay = Self::replayable(session) && {
-            e.retry.decide_reuse(client_reused);
-            e.retry()
-                || (e.esource() == &ErrorSource::Upstream && session.response_written().is_none())
+        let end = if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            AttemptEnd::StalePooled
+        } else {
+            match e.esource() {
+                ErrorSource::Downstream => AttemptEnd::ClientGone,
+                ErrorSource::Upstream => AttemptEnd::UpstreamBroken,
+                ErrorSource::Internal | ErrorSource::Unset => AttemptEnd::Internal {
+                    pingora_retry: {
+                        e.retry.decide_reuse(client_reused);
+                        e.retry()
+                    },
+                },
+            }
         };
-        e.set_retry(replay && self.may_retry(ctx, now));
+        let retry = self.after_failure(session, ctx, end);
+        e.set_retry(retry);
         e
     }
 
@@ -398,21 +382,37 @@ impl ProxyHttp for Proxy {
         attempt.state().stats.record_latency(took);
         attempt.state().stats.record_response(status);
         ctx.upstream_time = Some(took);
-        if self.settings.failure_statuses.contains(status) {
+        let failure_status = self.settings.failure_statuses.contains(status);
+        if failure_status {
             attempt.settle(false, now);
         } // a success is settled when the whole response went through (see `logging`)
-        if matches!(status, 502..=504) && Self::replayable(session) && self.may_retry(ctx, now) {
-            // Nothing has reached the client yet: try another backend instead.
-            ctx.fail_attempt(now);
-            ctx.retrying_status = true;
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(status),
-                "backend answered with a gateway error; retrying elsewhere",
-            );
-            e.set_retry(true);
-            return Err(e);
+        let end = AttemptEnd::Status {
+            status,
+            failure_status,
+        };
+        if !verdict(end, Self::replayable(session), false).retry {
+            return Ok(());
         }
-        Ok(())
+        // A gateway error to a replayable request: retry elsewhere before anything reaches the
+        // client, when a backend and the budget allow; otherwise pass the answer through.
+        let current = attempt.state().clone();
+        ctx.tried.push(current);
+        if !self.prepare_retry(session, ctx, now) {
+            ctx.tried.pop();
+            return Ok(());
+        }
+        if let Some(mut attempt) = ctx.attempt.take() {
+            attempt.settle(!failure_status, now);
+            attempt.release(); // already in `tried`
+        }
+        ctx.upstream_time = None;
+        ctx.retrying_status = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "backend answered with a gateway error; retrying elsewhere",
+        );
+        e.set_retry(true);
+        Err(e)
     }
 
     async fn response_filter(

@@ -1,12 +1,11 @@
 //! The [`LoadBalancer`] facade: turns a [`LoadBalancerConfig`] into a running Pingora server.
 //!
-//! It owns the wiring and nothing else: the backend [`Registry`], pingora's load balancer
-//! (selection + health-check background service, fed by [`RegistryDiscovery`]), the proxy
-//! service on `bind_address:port` and the admin service on `admin_address`. Running blocks until
-//! a shutdown signal: Unix signals for the binary (SIGTERM graceful, SIGINT fast, SIGQUIT
-//! upgrade), or [`RunningLoadBalancer::stop`] for embedders and tests.
+//! It owns the wiring and nothing else: the [`BackendSet`] (members, pingora's selector and
+//! its health-check background service), the proxy service on `bind_address:port` and the
+//! admin service on `admin_address`. Running blocks until a shutdown signal: Unix signals for
+//! the binary (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), or [`RunningLoadBalancer::stop`]
+//! for embedders and tests.
 
-use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,15 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
 
 use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, AdminState};
-use crate::backend::{BackendServer, Registry};
-use crate::balance::{BalanceConfig, Balancer};
+use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
+use crate::balance::{BalanceConfig, Balancer, RequestKey};
 use crate::breaker::BreakerSettings;
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{ClientLimits, CountedApp, GuardedApp};
@@ -33,45 +29,50 @@ use crate::proxy::{Proxy, ProxySettings, StatusSet};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
 use crate::retry::{Backoff, RetryPolicy};
 
-/// Feeds pingora's load balancer the registry's current backends.
-pub struct RegistryDiscovery {
-    registry: Arc<Registry>,
-}
-
-#[async_trait]
-impl ServiceDiscovery for RegistryDiscovery {
-    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let backends = self
-            .registry
-            .snapshot()
-            .iter()
-            .map(|s| s.to_backend())
-            .collect();
-        Ok((backends, HashMap::new()))
-    }
-}
-
 /// Why the load balancer could not be built or started.
 #[derive(Debug)]
 pub enum StartError {
     /// The configuration is invalid.
     Config(ConfigError),
-    /// A backend could not be added.
-    Backend(String),
-    /// A listening address could not be reserved.
-    Io(String),
+    /// A backend could not be added or removed.
+    Backend(SetError),
+    /// An operating-system call failed: reserving a port, opening the access log, starting
+    /// the server thread.
+    Io {
+        /// What Fulcrum was doing.
+        doing: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Wraps an I/O error that happened while doing `doing`.
+    pub(crate) fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let doing = doing.into();
+        move |source| StartError::Io { doing, source }
+    }
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
-            StartError::Backend(e) | StartError::Io(e) => f.write_str(e),
+            StartError::Backend(e) => write!(f, "{e}"),
+            StartError::Io { doing, source } => write!(f, "cannot {doing}: {source}"),
         }
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Backend(e) => Some(e),
+            StartError::Io { source, .. } => Some(source),
+        }
+    }
+}
 
 impl From<ConfigError> for StartError {
     fn from(e: ConfigError) -> Self {
@@ -79,35 +80,38 @@ impl From<ConfigError> for StartError {
     }
 }
 
+impl From<SetError> for StartError {
+    fn from(e: SetError) -> Self {
+        StartError::Backend(e)
+    }
+}
+
 /// A load balancer: configuration plus backends, ready to run.
 pub struct LoadBalancer {
     config: LoadBalancerConfig,
-    registry: Arc<Registry>,
+    backends: Arc<BackendSet<Balancer>>,
     listen: SocketAddr,
     admin: SocketAddr,
 }
 
 impl LoadBalancer {
-    /// Validates `config` and registers its backends. A port of 0 (`port` or `admin_address`)
-    /// is replaced by a free port now, so [`Self::listen_addr`] and [`Self::admin_addr`] tell
-    /// where the server will listen.
+    /// Validates `config` and adds its backends. A port of 0 (`port` or `admin_address`) is
+    /// replaced by a free port now, so [`Self::listen_addr`] and [`Self::admin_addr`] tell where
+    /// the server will listen.
     pub fn new(config: LoadBalancerConfig) -> Result<Self, StartError> {
         config.validate()?;
-        let breakers = config.circuit_breaker_enabled.then_some(BreakerSettings {
-            failure_threshold: config.circuit_breaker.failure_threshold,
-            recovery_threshold: config.circuit_breaker.recovery_threshold,
-            timeout: config.circuit_breaker.timeout,
-            half_open_max_calls: config.circuit_breaker.half_open_max_calls,
-        });
-        let registry = Arc::new(Registry::with_breakers(breakers));
-        for server in &config.backends {
-            registry.add(server.clone()).map_err(StartError::Backend)?;
-        }
+        let backends = Arc::new(backend_set(&config));
+        block_on(async {
+            for server in &config.backends {
+                backends.add_server(server.clone()).await?;
+            }
+            Ok::<_, SetError>(())
+        })??;
         let listen = reserve_port(SocketAddr::new(config.bind_address, config.port))?;
         let admin = reserve_port(config.admin_address)?;
         Ok(Self {
             config,
-            registry,
+            backends,
             listen,
             admin,
         })
@@ -115,15 +119,13 @@ impl LoadBalancer {
 
     /// Adds a backend (the seed's `AddServer`). Its id and address must be new.
     pub fn add_server(&mut self, server: BackendServer) -> Result<(), StartError> {
-        self.registry
-            .add(server)
-            .map(|_| ())
-            .map_err(StartError::Backend)
+        block_on(self.backends.add_server(server))??;
+        Ok(())
     }
 
     /// Removes a backend by id; returns it if it existed.
-    pub fn remove_server(&mut self, id: &str) -> Option<BackendServer> {
-        self.registry.remove(id).map(|s| s.server.clone())
+    pub fn remove_server(&mut self, id: &str) -> Result<Option<BackendServer>, StartError> {
+        remove_blocking(&self.backends, id, Duration::ZERO)
     }
 
     /// The configuration this load balancer runs with.
@@ -132,8 +134,8 @@ impl LoadBalancer {
     }
 
     /// The backends and their live state.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    pub fn backends(&self) -> &Arc<BackendSet<Balancer>> {
+        &self.backends
     }
 
     /// Where the proxy listens.
@@ -159,7 +161,7 @@ impl LoadBalancer {
         opt: Option<Opt>,
         signal: Box<dyn ShutdownSignalWatch>,
     ) -> Result<(), StartError> {
-        let (server, _pool) = self.build(opt)?;
+        let server = self.build(opt)?;
         server.run(RunArgs {
             shutdown_signal: signal,
         });
@@ -169,10 +171,10 @@ impl LoadBalancer {
     /// Starts on a background thread and returns once the proxy accepts connections (or after
     /// 10 s). The returned handle stops it.
     pub fn start(self) -> Result<RunningLoadBalancer, StartError> {
-        let (listen, admin, registry) = (self.listen, self.admin, self.registry.clone());
+        let (listen, admin, backends) = (self.listen, self.admin, self.backends.clone());
         let notify = Arc::new(tokio::sync::Notify::new());
         let signal = NotifySignal(notify.clone());
-        let (server, pool) = self.build(None)?;
+        let server = self.build(None)?;
         let thread = std::thread::Builder::new()
             .name("fulcrum".into())
             .spawn(move || {
@@ -180,7 +182,7 @@ impl LoadBalancer {
                     shutdown_signal: Box::new(signal),
                 })
             })
-            .map_err(|e| StartError::Io(format!("cannot start the server thread: {e}")))?;
+            .map_err(StartError::io("start the server thread"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(listen).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -188,31 +190,25 @@ impl LoadBalancer {
         Ok(RunningLoadBalancer {
             listen,
             admin,
-            registry,
-            pool,
+            backends,
             notify,
             thread: Some(thread),
         })
     }
 
-    /// Builds the pingora server with its three services; also returns the backend pool.
-    fn build(self, opt: Option<Opt>) -> Result<(Server, PoolHandle), StartError> {
+    /// Builds the pingora server with its three services: health checks, proxy, admin.
+    fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
         let cfg = &self.config;
         let server_conf = cfg.server_conf()?;
         let mut server = Server::new_with_opt_and_conf(opt, server_conf);
         server.bootstrap();
 
-        let pool = build_pool(cfg, &self.registry)?;
-        let health = background_service("health checks", pool);
-        let pool = PoolHandle::new(health.task());
-
+        let health = self.backends.health_service("health checks");
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
-        let settings = proxy_settings(cfg)?;
         let proxy = Proxy::new(
-            pool.pool.clone(),
-            self.registry.clone(),
+            self.backends.clone(),
             metrics.clone(),
-            settings,
+            proxy_settings(cfg)?,
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -226,9 +222,8 @@ impl LoadBalancer {
         proxy_service.add_tcp(&self.listen.to_string());
 
         let admin = AdminApp::new(AdminState {
-            registry: self.registry.clone(),
-            pool: pool.clone(),
-            metrics: metrics.clone(),
+            backends: self.backends.clone(),
+            metrics,
             token: cfg.admin_token()?,
             drain_timeout: cfg.shutdown_timeout,
         });
@@ -244,10 +239,10 @@ impl LoadBalancer {
             "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
             self.listen,
             cfg.strategy,
-            cfg.backends.len(),
+            self.backends.len(),
             self.admin
         );
-        Ok((server, pool))
+        Ok(server)
     }
 }
 
@@ -263,8 +258,7 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
         ),
     };
     Ok(ProxySettings {
-        strategy: cfg.strategy,
-        hash_key: cfg.hash_key.clone(),
+        key: RequestKey::for_strategy(cfg.strategy, &cfg.hash_key),
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         access_log: match (cfg.logging_enabled, &cfg.access_log) {
@@ -273,7 +267,7 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
             (true, Some(path)) => Some(AccessLog::file(path)),
         }
         .transpose()
-        .map_err(|e| StartError::Io(format!("cannot open the access log: {e}")))?,
+        .map_err(StartError::io("open the access log"))?,
         scheme: "http",
         failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
@@ -287,79 +281,45 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
     })
 }
 
-/// Pingora's load balancer over the registry: the configured strategy, active health checks
-/// every `health_check_interval`, all backends checked in parallel.
-fn build_pool(
-    cfg: &LoadBalancerConfig,
-    registry: &Arc<Registry>,
-) -> Result<Pool<Balancer>, StartError> {
-    let discovery = RegistryDiscovery {
-        registry: registry.clone(),
-    };
-    let mut backends = Backends::new(Box::new(discovery));
-    backends.set_health_check(Box::new(ActiveHealthCheck::new(HealthCheckSettings {
+/// An empty backend set for `cfg`: the configured strategy, active health checks every
+/// `health_check_interval` (all backends checked in parallel), and a circuit breaker per
+/// backend when enabled.
+fn backend_set(cfg: &LoadBalancerConfig) -> BackendSet<Balancer> {
+    let check = ActiveHealthCheck::new(HealthCheckSettings {
         path: cfg.health_check_path.clone(),
         timeout: cfg.health_check_timeout,
         thresholds: Thresholds {
             healthy: cfg.healthy_threshold,
             unhealthy: cfg.unhealthy_threshold,
         },
-    })));
+    });
+    let health = HealthChecking {
+        check: Box::new(check),
+        every: cfg.health_check_interval,
+    };
     let balance = BalanceConfig {
         strategy: cfg.strategy,
         seed: random_seed(),
     };
-    let mut pool = Pool::from_backends_with_config(backends, Some(balance));
-    pool.health_check_frequency = Some(cfg.health_check_interval);
-    pool.parallel_health_check = true;
-    // Fill the selector now, so the proxy never sees an empty backend set at startup.
-    refresh(&pool)?;
-    Ok(pool)
+    let breakers = cfg.circuit_breaker_enabled.then_some(BreakerSettings {
+        failure_threshold: cfg.circuit_breaker.failure_threshold,
+        recovery_threshold: cfg.circuit_breaker.recovery_threshold,
+        timeout: cfg.circuit_breaker.timeout,
+        half_open_max_calls: cfg.circuit_breaker.half_open_max_calls,
+    });
+    BackendSet::new(balance, Some(health), breakers)
 }
 
-/// Rebuilds the pool's backend set and selector from the registry, at once, from outside any
-/// async runtime. Discovery reads memory only, so this never waits on I/O.
-fn refresh(pool: &Pool<Balancer>) -> Result<(), StartError> {
-    PoolHandle::block_on(pool.update())
-}
-
-/// The running pool and the lock that keeps its rebuilds in order: pingora's `update` must not
-/// overlap, or an older backend set could be stored last (a removed backend coming back).
-#[derive(Clone)]
-pub struct PoolHandle {
-    /// Pingora's load balancer over the registry.
-    pub pool: Arc<Pool<Balancer>>,
-    rebuild: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl PoolHandle {
-    /// A handle on `pool`.
-    pub fn new(pool: Arc<Pool<Balancer>>) -> Self {
-        Self {
-            pool,
-            rebuild: Arc::new(tokio::sync::Mutex::new(())),
-        }
-    }
-
-    /// Rebuilds the backend set and selector from the registry (inside an async runtime).
-    pub async fn refresh(&self) -> pingora::Result<()> {
-        let _one_at_a_time = self.rebuild.lock().await;
-        self.pool.update().await
-    }
-
-    /// [`Self::refresh`] from outside any async runtime.
-    pub fn refresh_blocking(&self) -> Result<(), StartError> {
-        Self::block_on(self.refresh())
-    }
-
-    fn block_on<F: std::future::Future<Output = pingora::Result<()>>>(
-        f: F,
-    ) -> Result<(), StartError> {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|e| StartError::Io(format!("cannot create a runtime: {e}")))?
-            .block_on(f)
-            .map_err(|e| StartError::Backend(format!("cannot load the backends: {e}")))
+/// Removes `id` from outside any runtime; `None` when there was no such backend.
+fn remove_blocking(
+    set: &BackendSet<Balancer>,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<BackendServer>, StartError> {
+    match block_on(set.remove(id, wait))? {
+        Ok(removal) => Ok(Some(removal.state.server.clone())),
+        Err(SetError::UnknownId(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -378,7 +338,7 @@ fn reserve_port(addr: SocketAddr) -> Result<SocketAddr, StartError> {
     }
     TcpListener::bind(addr)
         .and_then(|l| l.local_addr())
-        .map_err(|e| StartError::Io(format!("cannot find a free port on {}: {e}", addr.ip())))
+        .map_err(StartError::io(format!("find a free port on {}", addr.ip())))
 }
 
 /// A shutdown signal fired through a [`tokio::sync::Notify`] (see [`RunningLoadBalancer::stop`]).
@@ -396,8 +356,7 @@ impl ShutdownSignalWatch for NotifySignal {
 pub struct RunningLoadBalancer {
     listen: SocketAddr,
     admin: SocketAddr,
-    registry: Arc<Registry>,
-    pool: PoolHandle,
+    backends: Arc<BackendSet<Balancer>>,
     notify: Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -414,21 +373,24 @@ impl RunningLoadBalancer {
     }
 
     /// The backends and their live state.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    pub fn backends(&self) -> &Arc<BackendSet<Balancer>> {
+        &self.backends
     }
 
     /// Adds a backend while running; it takes traffic from the next request on.
     pub fn add_server(&self, server: BackendServer) -> Result<(), StartError> {
-        self.registry.add(server).map_err(StartError::Backend)?;
-        self.pool.refresh_blocking()
+        block_on(self.backends.add_server(server))??;
+        Ok(())
     }
 
-    /// Removes a backend while running; requests already sent to it finish.
-    pub fn remove_server(&self, id: &str) -> Result<Option<BackendServer>, StartError> {
-        let removed = self.registry.remove(id).map(|s| s.server.clone());
-        self.pool.refresh_blocking()?;
-        Ok(removed)
+    /// Removes a backend while running: no new requests go to it, and the call waits up to
+    /// `wait` for its requests in flight (they finish either way). Returns it if it existed.
+    pub fn remove_server(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<BackendServer>, StartError> {
+        remove_blocking(&self.backends, id, wait)
     }
 
     /// Stops the server and waits for it to exit.

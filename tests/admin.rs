@@ -206,7 +206,7 @@ fn backends_change_at_run_time() {
         (0..4).map(|_| get(proxy, "/")).collect::<Vec<_>>()
     });
     assert!(wait_until(Duration::from_secs(5), || lb
-        .registry()
+        .backends()
         .get("c")
         .unwrap()
         .stats

@@ -291,7 +291,7 @@ fn json_and_text_agree_with_what_was_sent() {
     );
 
     // a removed backend leaves the output
-    lb.remove_server("web2").unwrap();
+    lb.remove_server("web2", Duration::ZERO).unwrap();
     let text = metrics_text(&lb);
     assert!(!text.contains("backend=\"web2\""), "{text}");
     assert!(metrics_json(&lb, false)["servers"].get("web2").is_none());

@@ -100,7 +100,7 @@ fn connection_failures_fail_over_to_another_backend() {
     let c = counts(&seq);
     assert_eq!(c.len(), 2, "{c:?}");
     assert_eq!(c.values().sum::<usize>(), 90);
-    let failures = lb.registry().get("c").unwrap().stats.failures();
+    let failures = lb.backends().get("c").unwrap().stats.failures();
     assert!(failures >= 20, "c was not tried: {failures} failures");
 }
 
@@ -117,7 +117,7 @@ fn backend_failure_after_retries_is_a_502() {
     assert!(r.body.len() < 200);
     let attempts: u64 = ["a", "b"]
         .iter()
-        .map(|id| lb.registry().get(id).unwrap().stats.failures())
+        .map(|id| lb.backends().get(id).unwrap().stats.failures())
         .sum();
     assert_eq!(attempts, 2, "one attempt plus max_retries = 1 retry");
 }

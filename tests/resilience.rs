@@ -28,7 +28,7 @@ fn breaker_stops_traffic_probes_after_timeout_and_closes_on_recovery() {
     cfg.circuit_breaker.half_open_max_calls = 1;
     let lb = start(cfg);
     let addr = lb.listen_addr();
-    let breaker = lb.registry().get("b").unwrap().breaker.clone().unwrap();
+    let breaker = lb.backends().get("b").unwrap().breaker.clone().unwrap();
 
     b[1].set_status(500);
     let statuses: Vec<u16> = (0..30).map(|_| get(addr, "/").status).collect();
@@ -92,7 +92,7 @@ fn one_refusing_backend_of_three_costs_no_request() {
         .filter(|_| get(lb.listen_addr(), "/").status != 200)
         .count();
     assert_eq!(failed, 0);
-    let c = lb.registry().get("c").unwrap();
+    let c = lb.backends().get("c").unwrap();
     assert_eq!(c.breaker.as_ref().unwrap().trips(), 1, "c's breaker opened");
 }
 
@@ -461,7 +461,7 @@ fn killing_a_backend_mid_load_fails_no_request() {
         c.join().unwrap();
     }
     let trips = lb
-        .registry()
+        .backends()
         .get("c")
         .unwrap()
         .breaker

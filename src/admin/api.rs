@@ -11,20 +11,21 @@
 //! | `POST /api/backends/{id}/undrain` | send it requests again |
 //! | `PUT` or `PATCH /api/backends/{id}` | change its weight: `{"weight": 5}` |
 //!
-//! Every change takes effect at once: the registry changes, then pingora's selector is rebuilt,
-//! so selection, health checks, metrics and `/health` all see it. Mutating calls need
+//! Every change goes through the [`BackendSet`] and takes effect at once. Its typed
+//! [`SetError`]s become statuses in one place ([`ApiError::from`]): unknown id 404, duplicate id
+//! or address 409, invalid field 400. Mutating calls need
 //! `Authorization: Bearer <admin_token>`; with no token configured they are refused (403).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{error_response, json_response, AdminRequest, AdminState};
-use crate::backend::{BackendServer, BackendState};
+use crate::backend::{BackendServer, BackendSet, BackendState, SetError, Weight};
+use crate::balance::Balancer;
 
 /// A backend as the API shows it.
 #[derive(Debug, Serialize)]
@@ -180,21 +181,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Rebuilds pingora's backend set and selector from the registry.
-async fn refresh(state: &AdminState) -> Result<(), ApiError> {
-    state.pool.refresh().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot apply the change: {e}"),
-        )
-    })
-}
-
-fn find(state: &AdminState, id: &str) -> Result<Arc<BackendState>, ApiError> {
-    state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend {id:?}")))
+impl From<SetError> for ApiError {
+    fn from(e: SetError) -> Self {
+        let code = match &e {
+            SetError::UnknownId(_) => StatusCode::NOT_FOUND,
+            SetError::DuplicateId(_) | SetError::DuplicateAddress { .. } => StatusCode::CONFLICT,
+            SetError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            SetError::Rebuild(_) | SetError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(code, e.to_string())
+    }
 }
 
 /// Handles one `/api/backends...` request.
@@ -211,38 +207,37 @@ async fn dispatch(state: &AdminState, req: &AdminRequest) -> Result<Response<Vec
     if !reading {
         authorize(state, req)?;
     }
+    let set = &state.backends;
     match (&req.method, segments.as_slice()) {
         (_, []) if reading => {
-            let list: Vec<BackendView> = state
-                .registry
-                .snapshot()
-                .iter()
-                .map(|b| BackendView::of(b))
-                .collect();
+            let list: Vec<BackendView> =
+                set.snapshot().iter().map(|b| BackendView::of(b)).collect();
             Ok(json_response(StatusCode::OK, &list))
         }
-        (_, [id]) if reading => Ok(json_response(
-            StatusCode::OK,
-            &BackendView::of(&*find(state, id)?),
-        )),
-        (&Method::POST, []) => add(state, req).await,
-        (&Method::DELETE, [id]) => remove(state, id).await,
-        (&Method::POST, [id, action @ ("drain" | "undrain")]) => {
-            let b = find(state, id)?;
-            b.set_draining(*action == "drain");
+        (_, [id]) if reading => {
+            let b = set.get(id).ok_or(SetError::UnknownId(id.to_string()))?;
             Ok(json_response(StatusCode::OK, &BackendView::of(&b)))
         }
+        (&Method::POST, []) => add(set, req).await,
+        (&Method::DELETE, [id]) => remove(set, id, state.drain_timeout).await,
+        (&Method::POST, [id, "drain"]) => Ok(json_response(
+            StatusCode::OK,
+            &BackendView::of(&*set.drain(id)?),
+        )),
+        (&Method::POST, [id, "undrain"]) => Ok(json_response(
+            StatusCode::OK,
+            &BackendView::of(&*set.undrain(id)?),
+        )),
         (&Method::PUT | &Method::PATCH, [id]) => {
-            let b = find(state, id)?;
             let change: WeightChange = serde_json::from_slice(&req.body).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("expected {{\"weight\": N}}: {e}"),
                 )
             })?;
-            b.set_weight(change.weight)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-            refresh(state).await?;
+            let weight = Weight::new(change.weight)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let b = set.set_weight(id, weight).await?;
             Ok(json_response(StatusCode::OK, &BackendView::of(&b)))
         }
         _ => Err(ApiError::new(
@@ -252,22 +247,12 @@ async fn dispatch(state: &AdminState, req: &AdminRequest) -> Result<Response<Vec
     }
 }
 
-async fn add(state: &AdminState, req: &AdminRequest) -> Result<Response<Vec<u8>>, ApiError> {
+async fn add(
+    set: &BackendSet<Balancer>,
+    req: &AdminRequest,
+) -> Result<Response<Vec<u8>>, ApiError> {
     let server = parse_backend(&req.body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let registry = state.registry.clone();
-    // validation may resolve a host name: keep blocking DNS off the admin runtime's thread
-    let added = tokio::task::spawn_blocking(move || registry.add(server))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let b = added.map_err(|e| {
-        let code = if e.contains("already exists") || e.contains("same address") {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(code, e)
-    })?;
-    refresh(state).await?;
+    let b = set.add_server(server).await?;
     log::info!("admin API: added backend {} ({})", b.id(), b.server.url);
     Ok(json_response(StatusCode::CREATED, &BackendView::of(&b)))
 }
@@ -280,24 +265,22 @@ struct Removed {
     waited_ms: u64,
 }
 
-async fn remove(state: &AdminState, id: &str) -> Result<Response<Vec<u8>>, ApiError> {
-    let b = find(state, id)?;
-    b.set_draining(true);
-    let started = Instant::now();
-    let deadline = started + state.drain_timeout;
-    while b.stats.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = b.stats.in_flight() == 0;
-    state.registry.remove(id);
-    refresh(state).await?;
-    log::info!("admin API: removed backend {id} (drained: {drained})");
+async fn remove(
+    set: &BackendSet<Balancer>,
+    id: &str,
+    wait: Duration,
+) -> Result<Response<Vec<u8>>, ApiError> {
+    let removal = set.remove(id, wait).await?;
+    log::info!(
+        "admin API: removed backend {id} (drained: {})",
+        removal.drained
+    );
     Ok(json_response(
         StatusCode::OK,
         &Removed {
-            removed: BackendView::of(&b),
-            drained,
-            waited_ms: started.elapsed().as_millis() as u64,
+            removed: BackendView::of(&removal.state),
+            drained: removal.drained,
+            waited_ms: removal.waited.as_millis() as u64,
         },
     ))
 }

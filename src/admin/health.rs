@@ -2,18 +2,21 @@
 //!
 //! `/health` is the seed's JSON `{status, timestamp, servers: [{id, url, health,
 //! active_connections}]}` plus each backend's weight, breaker state, draining flag and last check
-//! (time and error); status 200 while at least one backend is healthy, else 503. `/ready` tells
+//! (time and error); status 200 while at least one backend may take traffic (healthy or not yet
+//! checked, and not draining), else 503. `/ready` tells
 //! load balancers and Kubernetes whether to send traffic: 200 while serving, 503 once shutdown
 //! has begun.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{Response, StatusCode};
 use serde::Serialize;
 
 use super::json_response;
-use crate::backend::{BackendState, Registry};
+use crate::backend::BackendState;
 use crate::health::HealthStatus;
+use crate::time::rfc3339;
 
 /// Body of `GET /health`.
 #[derive(Debug, Serialize)]
@@ -70,15 +73,18 @@ impl ServerHealth {
     }
 }
 
-/// The `/health` report and its HTTP status.
-pub fn report(registry: &Registry, now: SystemTime) -> (StatusCode, HealthReport) {
-    let backends = registry.snapshot();
+/// The `/health` report and its HTTP status, agreeing with routing: 200 while at least one
+/// backend may take a request ([`BackendState::is_routable`]: not unhealthy, not draining), else
+/// 503. `status` is `healthy` when such a backend has passed a check, `unknown` when the only
+/// routable ones are still waiting for their first check (they take traffic), `unhealthy` when
+/// none is routable.
+pub fn report(backends: &[Arc<BackendState>], now: SystemTime) -> (StatusCode, HealthReport) {
     let servers: Vec<ServerHealth> = backends.iter().map(|b| ServerHealth::of(b)).collect();
-    let any_healthy = backends
-        .iter()
-        .any(|b| b.health.status() == HealthStatus::Healthy);
-    let (code, status) = if any_healthy {
+    let routable = || backends.iter().filter(|b| b.is_routable());
+    let (code, status) = if routable().any(|b| b.health.status() == HealthStatus::Healthy) {
         (StatusCode::OK, "healthy")
+    } else if routable().next().is_some() {
+        (StatusCode::OK, "unknown")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
     };
@@ -109,77 +115,34 @@ pub fn ready(shutting_down: bool) -> Response<Vec<u8>> {
     }
 }
 
-/// `2026-11-27T08:30:00.123Z` for a time after 1970.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendServer;
+    use crate::backend::{block_on, BackendServer, BackendSet};
     use crate::health::Thresholds;
-    use std::time::Duration;
+    use pingora_load_balancing::selection::RoundRobin;
 
-    #[test]
-    fn formats_rfc3339() {
-        let cases = [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000Z"),
-            (1_795_763_696, "2026-11-27T07:14:56.000Z"),
-            (4_107_542_399, "2100-02-28T23:59:59.000Z"),
-        ];
-        for (secs, want) in cases {
-            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-            assert_eq!(rfc3339(t), want, "{secs}");
-        }
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
-        assert_eq!(rfc3339(t), "1970-01-01T00:00:01.500Z");
+    fn backend(set: &BackendSet<RoundRobin>, id: &str, port: u16) -> Arc<BackendState> {
+        let server = BackendServer::new(id, format!("http://127.0.0.1:{port}"));
+        block_on(set.add_server(server)).unwrap().unwrap()
     }
 
     #[test]
-    fn health_is_200_only_with_a_healthy_backend() {
-        let reg = Registry::new();
-        let (code, rep) = report(&reg, SystemTime::UNIX_EPOCH);
+    fn health_agrees_with_routing() {
+        let (code, rep) = report(&[], SystemTime::UNIX_EPOCH);
         assert_eq!(
             (code, rep.status),
             (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         );
 
-        let a = reg
-            .add(BackendServer::new("a", "http://127.0.0.1:1"))
-            .unwrap();
-        reg.add(BackendServer::new("b", "http://127.0.0.1:2"))
-            .unwrap();
-        let (code, rep) = report(&reg, SystemTime::UNIX_EPOCH);
+        let members: BackendSet<RoundRobin> = BackendSet::new((), None, None);
+        let (a, b) = (backend(&members, "a", 1), backend(&members, "b", 2));
+        let set = [a.clone(), b.clone()];
+        let (code, rep) = report(&set, SystemTime::UNIX_EPOCH);
         assert_eq!(
-            code,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unknown is not healthy"
+            (code, rep.status),
+            (StatusCode::OK, "unknown"),
+            "unknown backends take traffic, so the balancer is up"
         );
         assert_eq!(rep.servers[0].health, "unknown");
 
@@ -188,7 +151,7 @@ mod tests {
             unhealthy: 1,
         };
         a.health.record(Ok(()), SystemTime::UNIX_EPOCH, t);
-        let (code, rep) = report(&reg, SystemTime::UNIX_EPOCH);
+        let (code, rep) = report(&set, SystemTime::UNIX_EPOCH);
         assert_eq!((code, rep.status), (StatusCode::OK, "healthy"));
         let json = serde_json::to_value(&rep).unwrap();
         assert_eq!(json["servers"][0]["id"], "a");
@@ -203,6 +166,16 @@ mod tests {
         assert_eq!(json["servers"][0]["last_check"], "1970-01-01T00:00:00.000Z");
         assert_eq!(json["servers"][0]["last_error"], serde_json::Value::Null);
         assert_eq!(json["servers"][1]["last_check"], serde_json::Value::Null);
+
+        // the healthy one drains, the other fails its check: nothing takes traffic
+        members.drain("a").unwrap();
+        b.health
+            .record(Err("refused".into()), SystemTime::UNIX_EPOCH, t);
+        let (code, rep) = report(&set, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            (code, rep.status),
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        );
     }
 
     #[test]

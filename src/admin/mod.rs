@@ -27,19 +27,17 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde::Serialize;
 
-use crate::backend::Registry;
+use crate::backend::BackendSet;
+use crate::balance::Balancer;
 use crate::metrics::Metrics;
-use crate::server::PoolHandle;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin routes work on.
 pub struct AdminState {
-    /// The backends.
-    pub registry: Arc<Registry>,
-    /// Pingora's load balancer over them (rebuilt after changes).
-    pub pool: PoolHandle,
+    /// The backends: read for every report, changed by the API.
+    pub backends: Arc<BackendSet<Balancer>>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Bearer token required for mutating API calls; `None` refuses them.
@@ -94,7 +92,7 @@ impl AdminApp {
         let state = &self.state;
         match (&req.method, req.path.as_str()) {
             (&Method::GET | &Method::HEAD, "/health") => {
-                let (code, report) = health::report(&state.registry, SystemTime::now());
+                let (code, report) = health::report(&state.backends.snapshot(), SystemTime::now());
                 json_response(code, &report)
             }
             (&Method::GET | &Method::HEAD, "/ready") => health::ready(shutting_down),
@@ -118,7 +116,7 @@ fn metrics_response(state: &AdminState, req: &AdminRequest) -> Response<Vec<u8>>
             "metrics are disabled (metrics_enabled: false)",
         );
     }
-    let backends = state.registry.snapshot();
+    let backends = state.backends.snapshot();
     let wants_json = req.query_has("format", "json")
         || req
             .header(http::header::ACCEPT)

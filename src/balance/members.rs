@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_load_balancing::Backend;
 
-use crate::backend::{state_of, BackendServer, BackendState, MAX_WEIGHT};
+use crate::backend::{state_of, BackendServer, BackendSpec, BackendState, MAX_WEIGHT};
 
 use crate::rng::scale;
 
@@ -89,11 +89,9 @@ pub fn state_or_default(backend: &Backend) -> Arc<BackendState> {
         _ => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let weight = backend.weight.clamp(1, MAX_WEIGHT as usize) as u32;
-    BackendState::build(
-        BackendServer::new(backend.addr.to_string(), format!("http://{addr}")).with_weight(weight),
-        addr,
-        None,
-    )
+    let server =
+        BackendServer::new(backend.addr.to_string(), format!("http://{addr}")).with_weight(weight);
+    BackendState::new(BackendSpec::unchecked(server, addr), None)
 }
 
 /// Weighted random draws over a backend set (random, power of two choices): the cumulative

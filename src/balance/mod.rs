@@ -153,6 +153,9 @@ pub struct BalanceConfig {
 
 pub mod consistent;
 mod hash;
+pub mod key;
+
+pub use key::RequestKey;
 pub mod ip_hash;
 pub mod least_conn;
 pub mod least_time;

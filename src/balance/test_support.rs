@@ -22,7 +22,7 @@ pub fn backend_set(weights: &[u32]) -> (BTreeSet<Backend>, Vec<Arc<BackendState>
         .enumerate()
         .map(|(i, &w)| {
             let url = format!("http://127.0.0.1:{}", BASE_PORT as usize + i);
-            BackendState::new(BackendServer::new(format!("b{i}"), url).with_weight(w))
+            BackendState::validated(BackendServer::new(format!("b{i}"), url).with_weight(w))
                 .unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();

@@ -4,8 +4,10 @@
 //! - the process-wide counters ([`Metrics`]): requests by status class, request durations, a
 //!   10-second request-rate window, retries, spent retry budgets, rate-limited requests and open
 //!   client connections;
-//! - the per-backend counters that only metrics write ([`BackendMetrics`], kept in each backend's
-//!   [`BackendStats`](crate::backend::BackendStats) so they live and die with the backend);
+//! - what a finished request counts: the process-wide counters here, and each backend's
+//!   finished-request counters ([`BackendStats::record_finished`](crate::backend::BackendStats::record_finished)),
+//!   which live and die with the backend (metrics reads backend state; the backend knows
+//!   nothing of metrics);
 //! - both renderings: Prometheus text ([`Metrics::prometheus_text`]) and the seed's JSON
 //!   snapshot ([`Metrics::json_snapshot`]).
 //!
@@ -21,12 +23,11 @@
 //! backends given to the renderer and encoded together with the registry's families.
 //!
 //! Layout: this file holds [`Metrics`] with its hot-path `record_*` methods and readers,
-//! [`RequestRecord`], [`BackendMetrics`] and the status classes; `histogram` the lock-free
-//! [`DurationHistogram`]; `rate` the requests-per-second window; `registry` the families kept in
+//! [`RequestRecord`] and the status classes; the lock-free [`DurationHistogram`] is
+//! `crate::histogram`; `rate` the requests-per-second window; `registry` the families kept in
 //! the `prometheus::Registry`; `prometheus` the text exposition and the per-backend families;
 //! `json` the JSON snapshot.
 
-mod histogram;
 mod json;
 mod prometheus;
 mod rate;
@@ -40,12 +41,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use histogram::{DurationHistogram, HistogramSnapshot, DURATION_BUCKETS};
+pub use crate::histogram::{DurationHistogram, HistogramSnapshot, DURATION_BUCKETS};
 pub use rate::RATE_WINDOW_SECS;
 
 use crate::backend::BackendState;
 use crate::balance::Strategy;
-use histogram::nanos;
+use crate::histogram::nanos;
 use rate::RateWindow;
 use registry::Prom;
 
@@ -77,33 +78,6 @@ pub fn code_class(status: u16) -> &'static str {
 /// Reads a row of counters.
 fn load_all<const N: usize>(counters: &[AtomicU64; N]) -> [u64; N] {
     std::array::from_fn(|i| counters[i].load(Ordering::Relaxed))
-}
-
-/// Per-backend counters written only by [`Metrics::record_request`]: finished requests whose last
-/// attempt went to this backend, by status class, and their time to response headers.
-#[derive(Debug, Default)]
-pub struct BackendMetrics {
-    by_class: [AtomicU64; CODE_CLASSES.len()],
-    upstream: DurationHistogram,
-}
-
-impl BackendMetrics {
-    /// Finished requests by class, in [`CODE_CLASSES`] order.
-    pub fn requests_by_class(&self) -> [u64; CODE_CLASSES.len()] {
-        load_all(&self.by_class)
-    }
-
-    /// Time from choosing this backend to its response headers.
-    pub fn upstream(&self) -> &DurationHistogram {
-        &self.upstream
-    }
-
-    fn record(&self, class: usize, upstream: Option<Duration>) {
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        if let Some(d) = upstream {
-            self.upstream.observe(d);
-        }
-    }
 }
 
 /// What one finished request looked like, for the counters.
@@ -186,7 +160,7 @@ impl Metrics {
             .fetch_add(nanos(r.total), Ordering::Relaxed);
         self.rate.tick(self.started.elapsed());
         match r.backend {
-            Some(b) => b.stats.metrics().record(class, r.upstream),
+            Some(b) => b.stats.record_finished(class, r.upstream),
             None => {
                 self.unrouted[class].fetch_add(1, Ordering::Relaxed);
             }

@@ -50,13 +50,13 @@ impl Metrics {
         for b in backends {
             let id = b.id();
             let backend = [("backend", id)];
-            let by_class = b.stats.metrics().requests_by_class();
+            let by_class = b.stats.finished_by_class();
             for (class, n) in CODE_CLASSES.iter().zip(by_class) {
                 requests.push(counter(&[("backend", id), ("code_class", class)], n));
             }
             upstream.push(histogram(
                 &backend,
-                &b.stats.metrics().upstream().snapshot(),
+                &b.stats.upstream_histogram().snapshot(),
             ));
             in_flight.push(gauge(&backend, b.stats.in_flight() as f64));
             let status = b.health.status();

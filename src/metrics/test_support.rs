@@ -9,7 +9,7 @@ use crate::backend::{BackendServer, BackendState};
 
 /// A backend `id` at `http://127.0.0.1:{port}`.
 pub fn backend(id: &str, port: u16) -> Arc<BackendState> {
-    BackendState::new(BackendServer::new(id, format!("http://127.0.0.1:{port}"))).unwrap()
+    BackendState::validated(BackendServer::new(id, format!("http://127.0.0.1:{port}"))).unwrap()
 }
 
 /// A request that took `ms` in total and half that upstream (when it had a backend).

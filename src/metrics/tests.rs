@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::test_support::{backend, request, sample};
 use super::*;
-use crate::backend::{BackendServer, BackendState, InFlightGuard};
+use crate::backend::{BackendServer, BackendSpec, BackendState, InFlightGuard};
 use crate::balance::Strategy;
 use crate::breaker::BreakerSettings;
 use crate::health::Thresholds;
@@ -48,7 +48,7 @@ fn recorded_requests_show_in_both_formats() {
         timeout: Duration::from_secs(30),
         half_open_max_calls: 1,
     };
-    let b = BackendState::with_breaker(b_server, Some(settings)).unwrap();
+    let b = BackendState::new(BackendSpec::resolve(b_server).unwrap(), Some(settings));
     let m = Metrics::new(true, Strategy::RoundRobin);
     // (status, total ms, backend) → expected class per backend
     let table: &[(u16, u64, Option<&Arc<BackendState>>)] = &[
@@ -241,7 +241,7 @@ fn disabled_metrics_record_nothing() {
     }
     assert_eq!(j["requests_per_second"], 0.0);
     assert_eq!(j["average_response_time"], 0.0);
-    assert_eq!(a.stats.metrics().requests_by_class(), [0; 6]);
+    assert_eq!(a.stats.finished_by_class(), [0; 6]);
     let text = m.prometheus_text(&[a]);
     assert_eq!(
         sample(&text, "fulcrum_request_duration_seconds_count"),

@@ -41,7 +41,7 @@ pub fn start(config: LoadBalancerConfig) -> RunningLoadBalancer {
         .expect("valid config")
         .start()
         .expect("start");
-    let registry = lb.registry().clone();
+    let registry = lb.backends().clone();
     assert!(
         wait_until(Duration::from_secs(10), || registry
             .snapshot()

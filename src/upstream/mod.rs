@@ -1,20 +1,26 @@
-//! One attempt at a backend: choosing it and accounting for how it went.
+//! One attempt at a backend: choosing it, accounting for how it went, and whether to try again.
 //!
-//! [`choose`] asks the strategy for candidates and admits the first one that is not unhealthy,
-//! not already tried by this request, under its `capacity` (reserved atomically) and admitted by
-//! its circuit breaker. The resulting [`Attempt`] holds the in-flight count and the breaker
-//! permit; [`Attempt::settle`] reports the response status to the breaker, [`Attempt::fail`]
-//! reports a failure and releases the backend for a retry elsewhere.
+//! [`choose`] asks the strategy for candidates and admits the first one that is routable (not
+//! unhealthy, not draining), not already tried by this request, under its `capacity` (reserved
+//! atomically) and admitted by its circuit breaker. A retry goes to another backend; it goes
+//! back to one this request already tried only when that is the last routable backend left
+//! (after the backoff, like any retry). The resulting [`Attempt`] holds the in-flight count and
+//! the breaker permit; [`Attempt::settle`] reports the response status to the breaker,
+//! [`Attempt::fail`] reports a failure and [`Attempt::release`] hands the backend back without a
+//! verdict. [`verdict`] is the pure retry and failure policy.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora_load_balancing::{Backend, LoadBalancer as Pool};
+use pingora_load_balancing::Backend;
 
-use crate::backend::{state_of, BackendState, InFlightGuard};
+use crate::backend::{state_of, BackendSet, BackendState, InFlightGuard};
 use crate::balance::{max_iterations, Balancer};
 use crate::breaker::{BreakerPermit, BreakerState};
+
+mod verdict;
+pub use verdict::{verdict, AttemptEnd, Verdict};
 
 /// The latency sample a failed attempt adds to its backend's moving average.
 pub const FAILURE_LATENCY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -98,6 +104,15 @@ impl Attempt {
     }
 }
 
+impl Attempt {
+    /// Hands the backend back for the request's tried list without a verdict beyond what
+    /// [`Attempt::settle`] already reported (a status being retried; a stale pooled connection).
+    /// An unreported breaker permit is released, not counted.
+    pub fn release(self) -> Arc<BackendState> {
+        self.state().clone()
+    }
+}
+
 fn log_breaker(state: &BackendState, change: Option<BreakerState>) {
     match change {
         Some(BreakerState::Open) => {
@@ -109,15 +124,14 @@ fn log_breaker(state: &BackendState, change: Option<BreakerState>) {
 }
 
 /// Picks a backend for one attempt. `tried` are the backends this request already failed on:
-/// they are avoided while any other backend can take the request.
+/// they are avoided; one is taken again only when it is the last routable backend left.
 pub fn choose(
-    pool: &Pool<Balancer>,
-    backends: usize,
+    set: &BackendSet<Balancer>,
     key: &[u8],
     tried: &[Arc<BackendState>],
     now: Instant,
 ) -> Result<Attempt, Refusal> {
-    let steps = max_iterations(backends);
+    let steps = max_iterations(set.len());
     let full = Cell::new(false);
     let open = Cell::new(false);
     let chosen: RefCell<Option<Attempt>> = RefCell::new(None);
@@ -125,10 +139,7 @@ pub fn choose(
         let Some(state) = state_of(b) else {
             return false;
         };
-        if !state.health.status().admits()
-            || state.is_draining()
-            || (!allow_tried && tried.iter().any(|t| Arc::ptr_eq(t, state)))
-        {
+        if !state.is_routable() || (!allow_tried && tried.iter().any(|t| Arc::ptr_eq(t, state))) {
             return false;
         }
         // The breaker first: a refused candidate must not count as a request to its backend.
@@ -154,9 +165,12 @@ pub fn choose(
         });
         true
     };
-    let found = pool.select_with(key, steps, |b, _| admit(b, false)).is_some()
-        // every untried backend is out: a retry may go back to one that failed before
-        || (!tried.is_empty() && pool.select_with(key, steps, |b, _| admit(b, true)).is_some());
+    let found = set
+        .select_with(key, steps, |b, _| admit(b, false))
+        .is_some()
+        || (!tried.is_empty()
+            && last_one_left(set)
+            && set.select_with(key, steps, |b, _| admit(b, true)).is_some());
     match chosen.into_inner() {
         Some(attempt) if found => Ok(attempt),
         _ if full.get() => Err(Refusal::AllFull),
@@ -165,118 +179,134 @@ pub fn choose(
     }
 }
 
+/// Whether exactly one backend is routable: the only case where a retry goes back to a backend
+/// the request already tried.
+fn last_one_left(set: &BackendSet<Balancer>) -> bool {
+    set.snapshot().iter().filter(|b| b.is_routable()).count() == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendServer, Registry};
+    use crate::backend::{block_on, BackendServer};
     use crate::balance::{BalanceConfig, Strategy};
     use crate::breaker::BreakerSettings;
     use crate::health::Thresholds;
-    use pingora_load_balancing::discovery::Static;
-    use pingora_load_balancing::Backends;
     use std::time::{Duration, SystemTime};
 
-    fn pool(reg: &Registry) -> Pool<Balancer> {
-        pool_with(reg, Strategy::RoundRobin)
-    }
-
-    fn pool_with(reg: &Registry, strategy: Strategy) -> Pool<Balancer> {
-        let set = reg.snapshot().iter().map(|s| s.to_backend()).collect();
-        let cfg = BalanceConfig { strategy, seed: 1 };
-        let pool = Pool::from_backends_with_config(Backends::new(Static::new(set)), Some(cfg));
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(pool.update())
-            .unwrap();
-        pool
-    }
-
-    fn registry(breakers: bool, capacity: u64) -> Registry {
+    fn set_of(
+        strategy: Strategy,
+        breakers: bool,
+        capacity: u64,
+        ids: &[&str],
+    ) -> BackendSet<Balancer> {
         let settings = BreakerSettings {
             failure_threshold: 1,
             recovery_threshold: 1,
             timeout: Duration::from_secs(60),
             half_open_max_calls: 1,
         };
-        let reg = Registry::with_breakers(breakers.then_some(settings));
-        for (id, port) in [("a", 1), ("b", 2)] {
-            let mut s = BackendServer::new(id, format!("http://127.0.0.1:{port}"));
+        let cfg = BalanceConfig { strategy, seed: 1 };
+        let set = BackendSet::new(cfg, None, breakers.then_some(settings));
+        for (port, id) in (1..).zip(ids) {
+            let mut s = BackendServer::new(*id, format!("http://127.0.0.1:{port}"));
             s.capacity = capacity;
-            reg.add(s).unwrap();
+            block_on(set.add_server(s)).unwrap().unwrap();
         }
-        reg
+        set
+    }
+
+    fn set(breakers: bool, capacity: u64) -> BackendSet<Balancer> {
+        set_of(Strategy::RoundRobin, breakers, capacity, &["a", "b"])
     }
 
     #[test]
-    fn avoids_tried_backends_while_others_remain() {
+    fn retries_go_to_another_backend_and_never_back_while_others_exist() {
         // ip_hash proposes the same backend for the same key every time: only the tried list
         // can move the retry elsewhere
-        let reg = registry(false, 0);
-        let p = pool_with(&reg, Strategy::IpHash);
+        let s = set_of(Strategy::IpHash, false, 0, &["a", "b"]);
         let now = Instant::now();
         let key = [127, 0, 0, 9];
-        let first = choose(&p, 2, &key, &[], now).unwrap();
-        let again = choose(&p, 2, &key, &[], now).unwrap();
+        let first = choose(&s, &key, &[], now).unwrap();
+        let again = choose(&s, &key, &[], now).unwrap();
         assert!(
             Arc::ptr_eq(first.state(), again.state()),
             "same key, same backend"
         );
         let tried = vec![first.fail(now)];
-        let second = choose(&p, 2, &key, &tried, now).unwrap();
+        let second = choose(&s, &key, &tried, now).unwrap();
         assert!(!Arc::ptr_eq(second.state(), &tried[0]));
         let both = vec![tried[0].clone(), second.fail(now)];
-        // everything tried: go back to a tried backend rather than fail
-        assert!(choose(&p, 2, &key, &both, now).is_ok());
+        // both tried and both still routable: no going back
+        assert_eq!(
+            choose(&s, &key, &both, now).unwrap_err(),
+            Refusal::NoBackend
+        );
+    }
+
+    #[test]
+    fn the_last_backend_left_is_retried() {
+        let now = Instant::now();
+        let single = set_of(Strategy::RoundRobin, false, 0, &["only"]);
+        let tried = vec![choose(&single, b"", &[], now).unwrap().fail(now)];
+        let again = choose(&single, b"", &tried, now).unwrap();
+        assert!(Arc::ptr_eq(again.state(), &tried[0]));
+
+        // two backends, one unhealthy: the healthy one is the last one left
+        let two = set(false, 0);
+        let t = Thresholds {
+            healthy: 1,
+            unhealthy: 1,
+        };
+        two.get("b")
+            .unwrap()
+            .health
+            .record(Err("down".into()), SystemTime::now(), t);
+        let tried = vec![choose(&two, b"", &[], now).unwrap().fail(now)];
+        assert_eq!(tried[0].id(), "a");
+        assert_eq!(choose(&two, b"", &tried, now).unwrap().state().id(), "a");
     }
 
     #[test]
     fn refusals_say_why() {
         let now = Instant::now();
         // all at capacity
-        let reg = registry(false, 1);
-        let p = pool(&reg);
-        let held: Vec<_> = (0..2)
-            .map(|_| choose(&p, 2, b"", &[], now).unwrap())
-            .collect();
-        assert_eq!(choose(&p, 2, b"", &[], now).unwrap_err(), Refusal::AllFull);
+        let s = set(false, 1);
+        let held: Vec<_> = (0..2).map(|_| choose(&s, b"", &[], now).unwrap()).collect();
+        assert_eq!(choose(&s, b"", &[], now).unwrap_err(), Refusal::AllFull);
         drop(held);
-        assert!(choose(&p, 2, b"", &[], now).is_ok());
+        assert!(choose(&s, b"", &[], now).is_ok());
 
         // all breakers open
-        let reg = registry(true, 0);
-        let p = pool(&reg);
+        let s = set(true, 0);
         for _ in 0..2 {
-            choose(&p, 2, b"", &[], now).unwrap().fail(now);
+            choose(&s, b"", &[], now).unwrap().fail(now);
         }
-        assert_eq!(choose(&p, 2, b"", &[], now).unwrap_err(), Refusal::AllOpen);
-        for b in reg.snapshot().iter() {
+        assert_eq!(choose(&s, b"", &[], now).unwrap_err(), Refusal::AllOpen);
+        for b in s.snapshot().iter() {
             assert_eq!(b.breaker.as_ref().unwrap().trips(), 1);
             assert_eq!(b.stats.failures(), 1);
         }
 
-        // all unhealthy
-        let reg = registry(false, 0);
-        let p = pool(&reg);
+        // all unhealthy, or draining
+        let s = set(false, 0);
         let t = Thresholds {
             healthy: 1,
             unhealthy: 1,
         };
-        for b in reg.snapshot().iter() {
-            b.health.record(Err("down".into()), SystemTime::now(), t);
-        }
-        assert_eq!(
-            choose(&p, 2, b"", &[], now).unwrap_err(),
-            Refusal::NoBackend
-        );
+        s.get("a")
+            .unwrap()
+            .health
+            .record(Err("down".into()), SystemTime::now(), t);
+        s.drain("b").unwrap();
+        assert_eq!(choose(&s, b"", &[], now).unwrap_err(), Refusal::NoBackend);
     }
 
     #[test]
-    fn settle_reports_status_to_the_breaker() {
-        let reg = registry(true, 0);
-        let p = pool(&reg);
+    fn settle_reports_status_to_the_breaker_and_release_counts_nothing() {
+        let s = set(true, 0);
         let now = Instant::now();
-        let mut a = choose(&p, 2, b"", &[], now).unwrap();
+        let mut a = choose(&s, b"", &[], now).unwrap();
         let state = a.state().clone();
         a.settle(false, now);
         assert_eq!(state.breaker.as_ref().unwrap().state(), BreakerState::Open);
@@ -292,5 +322,14 @@ mod tests {
             "settled failure is not counted twice"
         );
         assert_eq!(back.stats.in_flight(), 0);
+
+        // a status that is no failure, then released for a retry: no failure, no latency penalty
+        let mut b = choose(&s, b"", &[], now).unwrap();
+        assert_eq!(b.state().id(), "b");
+        b.settle(true, now);
+        let back = b.release();
+        assert_eq!(back.stats.failures(), 0);
+        assert_eq!(back.stats.latency_ewma(), None);
+        assert_eq!(back.breaker.as_ref().unwrap().state(), BreakerState::Closed);
     }
 }

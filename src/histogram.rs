@@ -1,4 +1,5 @@
-//! The lock-free duration histogram: [`DurationHistogram`] over the fixed [`DURATION_BUCKETS`],
+//! The lock-free duration histogram (a leaf module: metrics render it, backends and the process
+//! counters record into it): [`DurationHistogram`] over the fixed [`DURATION_BUCKETS`],
 //! its point-in-time [`HistogramSnapshot`], and the integer bucket bounds the hot path compares
 //! against.
 
@@ -29,7 +30,7 @@ const BUCKET_NANOS: [u64; 14] = [
 ];
 
 /// Saturating conversion of a duration to nanoseconds.
-pub(super) fn nanos(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -1,0 +1,16 @@
+//! Backends: what a backend is ([`spec`]), what Fulcrum knows about it while running
+//! ([`state`], [`health`]) and the one owner of the list ([`set`]).
+//!
+//! Layering: this module depends on the breaker state machine and the histogram only. The
+//! strategies, the health checks, metrics and the admin API read backend state; none of them is
+//! imported here.
+
+pub mod health;
+pub mod set;
+pub mod spec;
+pub mod state;
+
+pub use health::{HealthStatus, HealthTracker};
+pub use set::{block_on, BackendSet, HealthChecking, Removal, SetError};
+pub use spec::{BackendServer, BackendSpec, InvalidField, UpstreamUrl, Weight, MAX_WEIGHT};
+pub use state::{ewma_next, state_of, BackendState, BackendStats, InFlightGuard, STATUS_CLASSES};
