@@ -428,22 +428,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => match e.etype() {
-                    ErrorType::ConnectTimedout
-                    | ErrorType::ReadTimedout
-                    | ErrorType::WriteTimedout => 504,
-                    _ => 502,
-                },
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = responses::status_for(e);
         // Once the backend's head reached the client, an error page would corrupt the response:
         // just close the connection.
         if code > 0 && session.response_written().is_none() {

@@ -6,10 +6,30 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::ratelimit::Decision;
 use crate::upstream::Refusal;
+
+/// The status Fulcrum answers for a request that failed with `e`: the status it names, 504 for
+/// an upstream timeout, 502 for any other upstream failure, 400 for a malformed request, 500
+/// for an internal error, and 0 (nothing to send) when the client connection itself failed.
+pub fn status_for(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+    }
+}
 
 /// The text after the status for an error Fulcrum answers itself.
 pub fn error_detail(code: u16, refusal: Option<Refusal>) -> &'static str {
@@ -125,6 +145,30 @@ mod tests {
         ];
         for (code, refusal, want) in cases {
             assert_eq!(error_body(code, error_detail(code, refusal)), want);
+        }
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let e = |t: ErrorType, s: ErrorSource| match s {
+            ErrorSource::Upstream => Error::new_up(t),
+            ErrorSource::Downstream => Error::new_down(t),
+            _ => Error::new_in(t),
+        };
+        let cases = [
+            (e(ErrorType::HTTPStatus(503), ErrorSource::Internal), 503),
+            (e(ErrorType::ReadTimedout, ErrorSource::Upstream), 504),
+            (e(ErrorType::ConnectTimedout, ErrorSource::Upstream), 504),
+            (e(ErrorType::ConnectRefused, ErrorSource::Upstream), 502),
+            (e(ErrorType::ReadError, ErrorSource::Downstream), 0),
+            (
+                e(ErrorType::InvalidHTTPHeader, ErrorSource::Downstream),
+                400,
+            ),
+            (e(ErrorType::InternalError, ErrorSource::Internal), 500),
+        ];
+        for (err, want) in cases {
+            assert_eq!(status_for(&err), want, "{err}");
         }
     }
 }
