@@ -1,4 +1,4 @@
-//! Per-backend circuit breakers.
+//! Per-backend circuit breakers, and [`StatusSet`], the statuses that count as their failures.
 //!
 //! A breaker's whole state (state, generation, failure or success streak, probes in flight,
 //! reopen deadline) is one packed `u64`. The transitions are pure functions from word to word
@@ -20,6 +20,7 @@
 //! trips once.
 
 mod machine;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use self::machine::{Admission, Rules, CLOSED};
 pub use self::machine::{BreakerMachine, Ticket, MAX_HALF_OPEN_COUNT};
+pub use self::status::StatusSet;
 
 /// Breaker settings (`circuit_breaker:` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
