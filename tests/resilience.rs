@@ -102,6 +102,7 @@ fn gateway_errors_to_idempotent_requests_are_retried_elsewhere() {
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1)]);
     cfg.circuit_breaker_enabled = false;
     cfg.retry_backoff = Duration::ZERO;
+    cfg.retry_budget_percent = 100; // five retries within a second: more than the budget's floor
     let lb = start(cfg);
     b[1].set_status(503);
     for _ in 0..10 {

@@ -4,15 +4,18 @@
 //! `[0, min(retry_backoff × 2^(n-1), retry_backoff_max)]` ("full jitter"), so clients that failed
 //! together do not retry together.
 //!
-//! [`RetryBudget`]: retries may add at most `retry_budget_percent` % to the requests of the last
-//! ten seconds, with a floor of [`RetryBudget::MIN_RETRIES_PER_SEC`] retries per second so a
-//! quiet service can still retry. When the budget is spent a failed request fails instead of
-//! retrying: a backend outage then costs at most that share of extra load. Both take the time
-//! and randomness from the caller, so they are tested without sleeping.
+//! [`RetryBudget`] (`budget.rs`): retries may add at most `retry_budget_percent` % to the
+//! requests of the last ten seconds, plus a floor of [`RetryBudget::MIN_RETRIES_PER_SEC`]
+//! retries per second (at most one second's worth at once) so a quiet service can still retry.
+//! When the budget is spent a failed request fails instead of retrying: a backend outage then
+//! costs at most that share of extra load. Both take the time and randomness from the caller,
+//! so they are tested without sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod budget;
+
 use std::time::{Duration, Instant};
 
+pub use self::budget::RetryBudget;
 use crate::rng::SplitMix64;
 
 /// Whether a failed attempt may be retried.
@@ -48,13 +51,14 @@ impl RetryPolicy {
         }
     }
 
-    fn second(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_secs()
+    /// `now` as time since the policy was made (the budget's clock).
+    fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch)
     }
 
     /// Counts a client request (the budget is a share of these).
     pub fn record_request(&self, now: Instant) {
-        self.budget.record_request(self.second(now));
+        self.budget.record_request(self.elapsed(now));
     }
 
     /// Whether a request that has made `attempts` attempts may make another, taking it from the
@@ -62,7 +66,7 @@ impl RetryPolicy {
     pub fn decide(&self, attempts: u32, now: Instant) -> RetryDecision {
         if attempts > self.max_retries {
             RetryDecision::AttemptsUsed
-        } else if self.budget.try_retry(self.second(now)) {
+        } else if self.budget.try_retry(self.elapsed(now)) {
             RetryDecision::Retry
         } else {
             RetryDecision::BudgetSpent
@@ -109,90 +113,6 @@ impl Backoff {
         }
         // scale into [0, ceiling] without modulo bias worth caring about
         Duration::from_nanos(((random as u128 * (ceiling as u128 + 1)) >> 64) as u64)
-    }
-}
-
-/// Number of one-second buckets the budget looks back over.
-const WINDOW_SECS: u64 = 10;
-
-#[derive(Debug, Default)]
-struct Bucket {
-    /// The second (since the budget's epoch) this bucket counts; `u64::MAX` when unused.
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// A sliding ten-second budget of retries, lock-free.
-#[derive(Debug)]
-pub struct RetryBudget {
-    percent: u64,
-    buckets: [Bucket; WINDOW_SECS as usize],
-}
-
-impl RetryBudget {
-    /// Retries allowed per second whatever the traffic.
-    pub const MIN_RETRIES_PER_SEC: u64 = 3;
-
-    /// A budget of `percent` % of requests.
-    pub fn new(percent: u32) -> Self {
-        let buckets = std::array::from_fn(|_| Bucket {
-            second: AtomicU64::new(u64::MAX),
-            ..Bucket::default()
-        });
-        Self {
-            percent: u64::from(percent),
-            buckets,
-        }
-    }
-
-    fn bucket(&self, second: u64) -> &Bucket {
-        let b = &self.buckets[(second % WINDOW_SECS) as usize];
-        let seen = b.second.load(Ordering::Acquire);
-        if seen != second
-            && b.second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // first to reach this second: recycle the bucket (a concurrent count may be lost,
-            // which only errs by one request)
-            b.requests.store(0, Ordering::Relaxed);
-            b.retries.store(0, Ordering::Relaxed);
-        }
-        b
-    }
-
-    /// Counts one client request at `second` (whole seconds since any fixed epoch).
-    pub fn record_request(&self, second: u64) {
-        self.bucket(second).requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests and retries counted in the window ending at `second`.
-    pub fn window(&self, second: u64) -> (u64, u64) {
-        let oldest = second.saturating_sub(WINDOW_SECS - 1);
-        self.buckets
-            .iter()
-            .filter(|b| {
-                let s = b.second.load(Ordering::Acquire);
-                s != u64::MAX && s >= oldest && s <= second
-            })
-            .fold((0, 0), |(q, r), b| {
-                (
-                    q + b.requests.load(Ordering::Relaxed),
-                    r + b.retries.load(Ordering::Relaxed),
-                )
-            })
-    }
-
-    /// Takes one retry from the budget at `second`; false when it is spent.
-    pub fn try_retry(&self, second: u64) -> bool {
-        let (requests, retries) = self.window(second);
-        let allowed = (requests * self.percent / 100).max(Self::MIN_RETRIES_PER_SEC * WINDOW_SECS);
-        if retries >= allowed {
-            return false;
-        }
-        self.bucket(second).retries.fetch_add(1, Ordering::Relaxed);
-        true
     }
 }
 
@@ -267,10 +187,10 @@ mod tests {
             AttemptsUsed,
             "max_retries = 2: attempts 2 and 3"
         );
-        // 0 % budget: only the floor of 3 retries/s over the 10 s window
+        // 0 % budget: only the floor, one second's worth (3) at once
         let decisions: Vec<_> = (0..100).map(|_| policy.decide(1, now)).collect();
         let spent = decisions.iter().filter(|d| **d == Retry).count() as u64;
-        assert_eq!(spent + 2, RetryBudget::MIN_RETRIES_PER_SEC * WINDOW_SECS);
+        assert_eq!(spent + 2, RetryBudget::MIN_RETRIES_PER_SEC);
         assert!(decisions[spent as usize..]
             .iter()
             .all(|d| *d == BudgetSpent));
@@ -279,27 +199,37 @@ mod tests {
     }
 
     #[test]
-    fn budget_floor_allows_a_few_retries_when_quiet() {
-        let budget = RetryBudget::new(20);
-        let floor = RetryBudget::MIN_RETRIES_PER_SEC * WINDOW_SECS;
-        for i in 0..floor {
-            assert!(budget.try_retry(100), "retry {i} within the floor");
+    fn concurrent_decisions_never_exceed_the_budget() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Barrier};
+        let backoff = Backoff::new(ms(10), ms(100)).unwrap();
+        for round in 0..50 {
+            let policy = Arc::new(RetryPolicy::new(3, backoff, 20, round));
+            let now = Instant::now();
+            for _ in 0..1000 {
+                policy.record_request(now);
+            }
+            let (start, retries) = (Arc::new(Barrier::new(16)), Arc::new(AtomicUsize::new(0)));
+            let threads: Vec<_> = (0..16)
+                .map(|_| {
+                    let (policy, start, retries) = (policy.clone(), start.clone(), retries.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        for _ in 0..50 {
+                            if policy.decide(1, now) == RetryDecision::Retry {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            let floor = RetryBudget::MIN_RETRIES_PER_SEC as usize;
+            assert_eq!(
+                retries.load(Ordering::Relaxed),
+                200 + floor,
+                "round {round}"
+            );
         }
-        assert!(!budget.try_retry(100), "floor spent");
-    }
-
-    #[test]
-    fn budget_is_a_share_of_recent_requests() {
-        let budget = RetryBudget::new(20);
-        for _ in 0..1000 {
-            budget.record_request(50);
-        }
-        let allowed = (0..1000).take_while(|_| budget.try_retry(50)).count();
-        assert_eq!(allowed, 200, "20 % of 1000 requests");
-        // still spent within the window...
-        assert!(!budget.try_retry(59));
-        // ...and the old traffic has left the window 10 s later: back to the floor
-        assert!(budget.try_retry(60));
-        assert_eq!(budget.window(60), (0, 1));
     }
 }
