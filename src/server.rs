@@ -20,12 +20,12 @@ use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
 use crate::balance::{BalanceConfig, Balancer, RequestKey};
-use crate::breaker::BreakerSettings;
+use crate::breaker::{BreakerSettings, StatusSet};
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{ClientLimits, CountedApp, GuardedApp};
 use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxySettings, StatusSet};
+use crate::proxy::{Proxy, ProxySettings};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
 use crate::retry::{Backoff, RetryPolicy};
 
