@@ -74,8 +74,10 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// Retries allowed per second whatever the traffic (at most this many at once).
-    pub const MIN_RETRIES_PER_SEC: u64 = 3;
+    /// Retries allowed per second whatever the traffic (at most this many at once). Ten, as
+    /// Finagle's default: enough that a backend dying under light traffic costs no request
+    /// while its breaker collects `failure_threshold` (default 5) failures, each retried.
+    pub const MIN_RETRIES_PER_SEC: u64 = 10;
 
     /// How far back the share counts requests.
     pub const WINDOW: Duration = Duration::from_secs(WINDOW_SECS as u64);
@@ -190,15 +192,14 @@ mod tests {
         let budget = RetryBudget::new(0);
         // (time in ms, retries passing out of 50 tried then)
         let table = [
-            (7_000, 3), // one second's worth at once, not the window's 30
-            (7_200, 0), // the next one is due a third of a second later
-            (7_333, 0), // (due at 7 333.33 ms)
-            (7_334, 1), // ...then one per interval
-            (7_500, 0),
-            (8_000, 2),  // due at 7 666.67 and 8 000
-            (8_400, 1),  // due at 8 333.33
-            (30_000, 3), // after a quiet spell, again only one second's worth
-            (31_000, 3),
+            (7_000, 10), // one second's worth at once, not the window's 100
+            (7_050, 0),  // the next one is due a tenth of a second later
+            (7_099, 0),
+            (7_100, 1), // ...then one per interval
+            (7_150, 0),
+            (7_400, 3),   // due at 7 200, 7 300 and 7 400
+            (30_000, 10), // after a quiet spell, again only one second's worth
+            (31_000, 10),
         ];
         for (at, want) in table {
             assert_eq!(retries(&budget, ms(at), 50), want, "at {at} ms");
@@ -206,7 +207,12 @@ mod tests {
         // from 0 to 1 s, trying every 10 ms: the burst, then the rate
         let budget = RetryBudget::new(0);
         let in_a_second: usize = (0..=100).map(|i| retries(&budget, ms(i * 10), 50)).sum();
-        assert_eq!(in_a_second, 6, "3 at once + 3 over the second");
+        assert_eq!(in_a_second, 20, "10 at once + 10 over the second");
+        assert_eq!(
+            RetryBudget::MIN_RETRIES_PER_SEC,
+            10,
+            "the tables assume 10/s"
+        );
     }
 
     #[test]
@@ -217,15 +223,15 @@ mod tests {
         }
         // (time in ms, requests recorded then, retries tried, passing, window after)
         let table = [
-            (50_000, 0, 300, 203, (1000, 200)), // 20 % of 1000, then the floor's 3
-            (50_200, 0, 50, 0, (1000, 200)),    // share spent, floor not due
-            (51_000, 0, 50, 3, (1000, 200)),    // the floor again
-            (59_000, 0, 50, 3, (1000, 200)),    // the share is still spent
-            (60_000, 0, 50, 3, (0, 0)),         // second 50 left the window, with its 200 retries
+            (50_000, 0, 300, 210, (1000, 200)), // 20 % of 1000, then the floor's 10
+            (50_050, 0, 50, 0, (1000, 200)),    // share spent, floor not due
+            (51_000, 0, 50, 10, (1000, 200)),   // the floor again
+            (59_000, 0, 50, 10, (1000, 200)),   // the share is still spent
+            (60_000, 0, 50, 10, (0, 0)),        // second 50 left the window, with its 200 retries
             (60_000, 100, 50, 20, (100, 20)),   // a new share (the floor is not due)
             (69_000, 50, 5, 5, (150, 25)),      // 20 % of 150 = 30 allowed, 20 spent: all 5 pass
-            // second 60 left: 20 % of 50 = 10 allowed, 5 spent; 5 more, then the floor's 3
-            (70_000, 0, 10, 8, (50, 10)),
+            // second 60 left: 20 % of 50 = 10 allowed, 5 spent; 5 more, then the floor's 10
+            (70_000, 0, 20, 15, (50, 10)),
         ];
         for (at, requests, tried, want, window) in table {
             for _ in 0..requests {
@@ -262,7 +268,7 @@ mod tests {
             }
             let shared = budget.clone();
             let passed = hammer(16, 50, move || shared.try_retry(ms(5_000)));
-            assert_eq!(passed, 203, "round {round}: 200 from the share + 3 floor");
+            assert_eq!(passed, 210, "round {round}: 200 from the share + 10 floor");
             assert_eq!(budget.window(ms(5_000)), (1000, 200));
         }
     }
@@ -285,8 +291,8 @@ mod tests {
         assert_eq!((requests, share), (1000, 100), "the share, exactly");
         let floor = passed - 100;
         assert!(
-            (1..=3 + 30).contains(&floor),
-            "floor at most a burst plus 3/s over 10 s, got {floor}"
+            (1..=10 + 100).contains(&floor),
+            "floor at most a burst plus 10/s over 10 s, got {floor}"
         );
     }
 }
