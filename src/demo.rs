@@ -352,7 +352,7 @@ pub fn demo_config(backends: &[DemoBackend]) -> LoadBalancerConfig {
         strategy: Strategy::WeightedRoundRobin,
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         health_check_interval: Duration::from_secs(5),
-        health_check_timeout: Duration::from_secs(2),
+        health_check_timeout: Some(Duration::from_secs(2)),
         logging_enabled: false,
         backends: backends
             .iter()

@@ -253,7 +253,7 @@ impl LoadBalancer {
 
 /// The proxy's settings, from the config.
 fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError> {
-    let backoff = Backoff::new(cfg.retry_backoff, cfg.retry_backoff_max)
+    let backoff = Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max())
         .map_err(|e| StartError::Config(ConfigError::new(e)))?;
     let rate_limit = match &cfg.rate_limit {
         None => None,
@@ -299,7 +299,7 @@ fn build_pool(
     let mut backends = Backends::new(Box::new(discovery));
     backends.set_health_check(Box::new(ActiveHealthCheck::new(HealthCheckSettings {
         path: cfg.health_check_path.clone(),
-        timeout: cfg.health_check_timeout,
+        timeout: cfg.effective_health_check_timeout(),
         thresholds: Thresholds {
             healthy: cfg.healthy_threshold,
             unhealthy: cfg.unhealthy_threshold,

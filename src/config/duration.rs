@@ -24,6 +24,48 @@ pub mod serde_duration {
         d.deserialize_any(DurationVisitor)
     }
 
+    /// The same for `Option<Duration>` fields: `null` (or a missing key, with
+    /// `#[serde(default)]`) is `None`.
+    pub mod option {
+        use super::*;
+
+        /// Writes `Some(d)` as [`format_duration`] does, `None` as null.
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads null as `None`, anything else with [`parse_duration`].
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            d.deserialize_option(OptionVisitor)
+        }
+
+        struct OptionVisitor;
+
+        impl<'de> Visitor<'de> for OptionVisitor {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration with a unit, such as \"100ms\", \"30s\" or \"1m30s\", or null",
+                )
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                super::deserialize(d).map(Some)
+            }
+        }
+    }
+
     struct DurationVisitor;
 
     impl DurationVisitor {

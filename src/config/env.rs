@@ -95,13 +95,13 @@ pub(super) const ENV_OVERRIDES: &[EnvOverride] = &[
     env_override!("admin_token",                        "LB_ADMIN_TOKEN",                        admin_token,                         env_secret),
     env_override!("admin_token_file",                   "LB_ADMIN_TOKEN_FILE",                   admin_token_file,                    env_path),
     env_override!("health_check_interval",              "LB_HEALTH_CHECK_INTERVAL",              health_check_interval,               env_duration),
-    env_override!("health_check_timeout",               "LB_HEALTH_CHECK_TIMEOUT",               health_check_timeout,                env_duration),
+    env_override!("health_check_timeout",               "LB_HEALTH_CHECK_TIMEOUT",               health_check_timeout,                env_opt_duration),
     env_override!("health_check_path",                  "LB_HEALTH_CHECK_PATH",                  health_check_path,                   env_string),
     env_override!("healthy_threshold",                  "LB_HEALTHY_THRESHOLD",                  healthy_threshold,                   env_u32),
     env_override!("unhealthy_threshold",                "LB_UNHEALTHY_THRESHOLD",                unhealthy_threshold,                 env_u32),
     env_override!("max_retries",                        "LB_MAX_RETRIES",                        max_retries,                         env_u32),
     env_override!("retry_backoff",                      "LB_RETRY_BACKOFF",                      retry_backoff,                       env_duration),
-    env_override!("retry_backoff_max",                  "LB_RETRY_BACKOFF_MAX",                  retry_backoff_max,                   env_duration),
+    env_override!("retry_backoff_max",                  "LB_RETRY_BACKOFF_MAX",                  retry_backoff_max,                   env_opt_duration),
     env_override!("retry_budget_percent",               "LB_RETRY_BUDGET_PERCENT",               retry_budget_percent,                env_u32),
     env_override!("enable_sticky_sessions",             "LB_ENABLE_STICKY_SESSIONS",             enable_sticky_sessions,              env_bool),
     env_override!("session_cookie_name",                "LB_SESSION_COOKIE_NAME",                session_cookie_name,                 env_string),
@@ -293,7 +293,7 @@ mod tests {
         ]);
         let c = LoadBalancerConfig::from_yaml_str_with_env("", &env).unwrap();
         assert_eq!(c.connect_timeout, Duration::from_millis(750));
-        assert_eq!(c.retry_backoff_max, Duration::from_secs(3));
+        assert_eq!(c.retry_backoff_max, Some(Duration::from_secs(3)));
         assert_eq!(c.retry_budget_percent, 35);
         assert!(!c.circuit_breaker_enabled);
         assert_eq!(c.circuit_breaker.failure_status_codes, [500, 503]);

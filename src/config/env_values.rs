@@ -44,6 +44,14 @@ pub(super) fn env_duration(v: &str) -> Result<Duration, String> {
     parse_duration(v.trim())
 }
 
+/// An empty value unsets the duration (its default follows the key it depends on).
+pub(super) fn env_opt_duration(v: &str) -> Result<Option<Duration>, String> {
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    env_duration(v).map(Some)
+}
+
 pub(super) fn env_string(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }

@@ -62,6 +62,12 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 /// Accepted `max_request_header_size`, in bytes: 1 KiB to 1 MiB.
 pub const REQUEST_HEADER_SIZE_RANGE: RangeInclusive<usize> = 1024..=1024 * 1024;
 
+/// `health_check_timeout` when not set, unless `health_check_interval` is shorter.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `retry_backoff_max` when not set, unless `retry_backoff` is longer.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Everything Fulcrum can be configured with: the YAML file's top level.
 ///
 /// Missing keys take their [`Default`]; unknown keys are rejected. Build one from YAML with
@@ -95,10 +101,11 @@ pub struct LoadBalancerConfig {
     /// Time between two active health checks of a backend (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub health_check_interval: Duration,
-    /// Time a health check may take before it counts as failed (default 5s, > 0, at most
-    /// `health_check_interval`).
-    #[serde(with = "serde_duration")]
-    pub health_check_timeout: Duration,
+    /// Time a health check may take before it counts as failed (> 0, at most
+    /// `health_check_interval`). Default `None`: [`DEFAULT_HEALTH_CHECK_TIMEOUT`], or the
+    /// interval when that is shorter; read it with [`Self::effective_health_check_timeout`].
+    #[serde(with = "serde_duration::option")]
+    pub health_check_timeout: Option<Duration>,
     /// Path requested by HTTP health checks (default `/health`).
     pub health_check_path: String,
     /// Consecutive passing checks that make an unhealthy backend healthy (default 2, >= 1).
@@ -113,9 +120,11 @@ pub struct LoadBalancerConfig {
     /// `retry_backoff_max` (default 100ms).
     #[serde(with = "serde_duration")]
     pub retry_backoff: Duration,
-    /// Cap on the backoff ceiling (default 2s, at least `retry_backoff`).
-    #[serde(with = "serde_duration")]
-    pub retry_backoff_max: Duration,
+    /// Cap on the backoff ceiling (at least `retry_backoff`). Default `None`:
+    /// [`DEFAULT_RETRY_BACKOFF_MAX`], or `retry_backoff` when that is longer; read it with
+    /// [`Self::effective_retry_backoff_max`].
+    #[serde(with = "serde_duration::option")]
+    pub retry_backoff_max: Option<Duration>,
     /// Retries may add at most this percentage to the recent request rate, with a floor of 3
     /// retries per second (default 20, 0-100).
     pub retry_budget_percent: u32,
@@ -194,13 +203,13 @@ impl Default for LoadBalancerConfig {
             admin_token: None,
             admin_token_file: None,
             health_check_interval: Duration::from_secs(30),
-            health_check_timeout: Duration::from_secs(5),
+            health_check_timeout: None,
             health_check_path: "/health".to_string(),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
-            retry_backoff_max: Duration::from_secs(2),
+            retry_backoff_max: None,
             retry_budget_percent: 20,
             enable_sticky_sessions: false,
             session_cookie_name: "LB_SESSION_ID".to_string(),
@@ -231,6 +240,21 @@ impl Default for LoadBalancerConfig {
 }
 
 impl LoadBalancerConfig {
+    /// The health-check timeout in force: `health_check_timeout` when set, else
+    /// [`DEFAULT_HEALTH_CHECK_TIMEOUT`] or `health_check_interval` when that is shorter, so a
+    /// user who shortens the interval need not learn about the timeout.
+    pub fn effective_health_check_timeout(&self) -> Duration {
+        self.health_check_timeout
+            .unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT.min(self.health_check_interval))
+    }
+
+    /// The backoff cap in force: `retry_backoff_max` when set, else
+    /// [`DEFAULT_RETRY_BACKOFF_MAX`] or `retry_backoff` when that is longer.
+    pub fn effective_retry_backoff_max(&self) -> Duration {
+        self.retry_backoff_max
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX.max(self.retry_backoff))
+    }
+
     /// Parses YAML and validates it; the environment is not consulted.
     ///
     /// An empty document (or one holding only comments) gives the defaults.

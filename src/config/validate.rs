@@ -17,7 +17,10 @@ impl LoadBalancerConfig {
         let mut err = |m: String| errors.push(m);
         let positive = [
             ("health_check_interval", self.health_check_interval),
-            ("health_check_timeout", self.health_check_timeout),
+            (
+                "health_check_timeout",
+                self.effective_health_check_timeout(),
+            ),
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -30,13 +33,16 @@ impl LoadBalancerConfig {
                 err(format!("{key}: must be greater than 0s"));
             }
         }
-        if self.health_check_timeout > self.health_check_interval {
-            err(format!(
-                "health_check_timeout: {} is longer than health_check_interval ({}); a check \
-                 must finish before the next one starts",
-                format_duration(self.health_check_timeout),
-                format_duration(self.health_check_interval)
-            ));
+        // Only a timeout the user set can be too long: the default follows the interval.
+        if let Some(timeout) = self.health_check_timeout {
+            if timeout > self.health_check_interval {
+                err(format!(
+                    "health_check_timeout: {} is longer than health_check_interval ({}); a \
+                     check must finish before the next one starts",
+                    format_duration(timeout),
+                    format_duration(self.health_check_interval)
+                ));
+            }
         }
         if let Err(e) = check_health_path(&self.health_check_path) {
             err(format!("health_check_path: {e}"));
@@ -72,13 +78,16 @@ impl LoadBalancerConfig {
                 self.max_retries
             ));
         }
-        if self.retry_backoff_max < self.retry_backoff {
-            err(format!(
-                "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be at \
-                 least the first retry's delay",
-                format_duration(self.retry_backoff_max),
-                format_duration(self.retry_backoff)
-            ));
+        // Likewise only a cap the user set: the default follows retry_backoff.
+        if let Some(max) = self.retry_backoff_max {
+            if max < self.retry_backoff {
+                err(format!(
+                    "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be \
+                     at least the first retry's delay",
+                    format_duration(max),
+                    format_duration(self.retry_backoff)
+                ));
+            }
         }
         if self.retry_budget_percent > 100 {
             err(format!(
@@ -237,7 +246,9 @@ fn is_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testutil::{assert_one_error_contains, errors_of};
+    use std::time::Duration;
+
+    use crate::config::testutil::{assert_one_error_contains, env_from, errors_of};
     use crate::config::LoadBalancerConfig;
 
     #[test]
@@ -341,6 +352,81 @@ mod tests {
         }
     }
 
+    /// Defect 5: a key whose default depends on another follows it when the user sets only the
+    /// other one; a value the user set himself is still checked against it.
+    #[test]
+    fn dependent_defaults_follow_the_key_the_user_set() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        // (file, effective health_check_timeout, effective retry_backoff_max)
+        let cases = [
+            ("", s(5), s(2)),
+            ("health_check_interval: 1s\n", s(1), s(2)),
+            ("health_check_interval: 100ms\n", ms(100), s(2)),
+            ("health_check_interval: 1m\n", s(5), s(2)),
+            ("retry_backoff: 3s\n", s(5), s(3)),
+            (
+                "retry_backoff: 1m\nhealth_check_interval: 2s\n",
+                s(2),
+                s(60),
+            ),
+            (
+                "health_check_interval: 1s\nhealth_check_timeout: 1s\n",
+                s(1),
+                s(2),
+            ),
+            ("retry_backoff: 0s\nretry_backoff_max: 0s\n", s(5), s(0)),
+        ];
+        for (yaml, timeout, backoff_max) in cases {
+            match LoadBalancerConfig::from_yaml_str(yaml) {
+                Ok(c) => assert_eq!(
+                    (
+                        c.effective_health_check_timeout(),
+                        c.effective_retry_backoff_max()
+                    ),
+                    (timeout, backoff_max),
+                    "{yaml:?}"
+                ),
+                Err(e) => panic!("{yaml:?}: {e}"),
+            }
+        }
+        // A library user building the config in code gets the same.
+        let in_code = LoadBalancerConfig {
+            health_check_interval: s(1),
+            retry_backoff: s(3),
+            ..LoadBalancerConfig::default()
+        };
+        in_code.validate().unwrap();
+        assert_eq!(in_code.effective_health_check_timeout(), s(1));
+        assert_eq!(in_code.effective_retry_backoff_max(), s(3));
+        let cases: [(&str, &[&str]); 2] = [
+            (
+                "health_check_interval: 1s\nhealth_check_timeout: 5s\n",
+                &["health_check_timeout: 5s is longer than health_check_interval (1s)"],
+            ),
+            (
+                "retry_backoff: 3s\nretry_backoff_max: 2s\n",
+                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
+            ),
+        ];
+        for (yaml, parts) in cases {
+            let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+            assert_one_error_contains(yaml, &errors, parts);
+        }
+        // A variable counts as set by the user.
+        let env = env_from(&[("LB_HEALTH_CHECK_TIMEOUT", "5s")]);
+        let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env(
+            "health_check_interval: 1s\n",
+            &env,
+        ));
+        assert_one_error_contains(
+            "env",
+            &errors,
+            &["health_check_timeout (from LB_HEALTH_CHECK_TIMEOUT): 5s is longer"],
+        );
+        let env = env_from(&[("LB_HEALTH_CHECK_INTERVAL", "1s")]);
+        LoadBalancerConfig::from_yaml_str_with_env("", &env).unwrap();
+    }
+
     #[test]
     fn collects_every_validation_error() {
         let yaml = "max_retries: 11\nenable_ssl: true\nhealthy_threshold: 0\npingora: {bogus: 1, pid_file: x}\n";
@@ -389,14 +475,10 @@ mod tests {
 
     #[test]
     fn resilience_key_errors_name_the_key() {
-        let cases: [(&str, &[&str]); 14] = [
+        let cases: [(&str, &[&str]); 13] = [
             ("connect_timeout: 0s", &["connect_timeout: must be greater than 0s"]),
             ("client_header_timeout: 0s", &["client_header_timeout: must be greater than 0s"]),
             ("client_idle_timeout: 0ms", &["client_idle_timeout: must be greater than 0s"]),
-            (
-                "retry_backoff: 3s",
-                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
-            ),
             (
                 "retry_backoff_max: 50ms",
                 &["retry_backoff_max: 50ms is smaller than retry_backoff (100ms)"],
