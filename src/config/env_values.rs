@@ -41,7 +41,7 @@ pub(super) fn env_socket_addr(v: &str) -> Result<SocketAddr, String> {
 }
 
 pub(super) fn env_duration(v: &str) -> Result<Duration, String> {
-    parse_duration(v.trim())
+    parse_duration(v.trim()).map_err(|e| e.to_string())
 }
 
 /// An empty value unsets the duration (its default follows the key it depends on).

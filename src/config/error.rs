@@ -172,13 +172,13 @@ mod tests {
             (
                 "health_check_interval: 30\n".into(),
                 vec![
-                    "health_check_interval: invalid duration 30: add a unit",
+                    "health_check_interval: invalid duration \"30\": add a unit",
                     "line 1",
                 ],
             ),
             (
                 "retry_backoff: 5x\n".into(),
-                vec!["retry_backoff: invalid duration \"5x\": unknown unit \"x\""],
+                vec!["retry_backoff: invalid duration \"5x\": unknown time unit \"x\""],
             ),
             (
                 "circuit_breaker:\n  timeout: -1s\n".into(),

@@ -2,7 +2,7 @@
 //! library users build in code.
 //!
 //! This module owns the file format and its meaning: every key's type and default, duration
-//! syntax (`100ms`, `1m30s`, [`parse_duration`]), the `LB_*` environment overrides (one table,
+//! syntax (`100ms`, `1m30s`, [`parse_duration`], by humantime), the `LB_*` environment overrides (one table,
 //! so YAML keys and variable names cannot drift), the semantic checks of
 //! [`LoadBalancerConfig::validate`], and the translation of Fulcrum's settings into Pingora's
 //! `ServerConf` ([`LoadBalancerConfig::server_conf`]).
@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::duration::{format_duration, parse_duration, serde_duration};
+pub use self::duration::{format_duration, parse_duration, serde_duration, InvalidDuration};
 pub use self::error::ConfigError;
 pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
