@@ -371,7 +371,7 @@ pub fn run_demo() -> Result<(), StartError> {
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| StartError::Io(format!("cannot start the demo backends: {e}")))?;
     let mut config = demo_config(&backends);
-    config.apply_env(&|k| std::env::var(k).ok())?;
+    config.apply_env(crate::config::process_env())?;
     let lb = LoadBalancer::new(config)?;
     let (listen, admin) = (lb.listen_addr(), lb.admin_addr());
     println!("Fulcrum demo: strategy {}", lb.config().strategy);

@@ -79,6 +79,8 @@ pub mod serde_duration {
     /// The same for `Option<Duration>` fields: `null` (or a missing key, with
     /// `#[serde(default)]`) is `None`.
     pub mod option {
+        use serde::{Deserialize, Serialize};
+
         use super::*;
 
         /// Writes `Some(d)` as [`format_duration`] does, `None` as null.
@@ -86,33 +88,14 @@ pub mod serde_duration {
             d: &Option<Duration>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => s.serialize_some(&format_duration(*d)),
-                None => s.serialize_none(),
-            }
+            d.map(format_duration).serialize(s)
         }
 
         /// Reads null as `None`, anything else with [`parse_duration`].
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            d.deserialize_option(OptionVisitor)
-        }
-
-        struct OptionVisitor;
-
-        impl<'de> Visitor<'de> for OptionVisitor {
-            type Value = Option<Duration>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration with a unit, such as \"100ms\" or \"1m30s\", or null")
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                super::deserialize(d).map(Some)
-            }
+            #[derive(Deserialize)]
+            struct Given(#[serde(with = "super")] Duration);
+            Ok(Option::<Given>::deserialize(d)?.map(|g| g.0))
         }
     }
 

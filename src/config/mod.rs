@@ -2,8 +2,8 @@
 //! library users build in code.
 //!
 //! This module owns the file format and its meaning: every key's type and default, duration
-//! syntax (`100ms`, `1m30s`, [`parse_duration`], by humantime), the `LB_*` environment overrides (one table,
-//! so YAML keys and variable names cannot drift), the semantic checks of
+//! syntax (`100ms`, `1m30s`, [`parse_duration`], by humantime), the `LB_*` environment overrides
+//! (derived from the serialised keys, so YAML keys and variable names cannot drift), the semantic checks of
 //! [`LoadBalancerConfig::validate`], and the translation of Fulcrum's settings into Pingora's
 //! `ServerConf` ([`LoadBalancerConfig::server_conf`]).
 //!
@@ -18,7 +18,7 @@
 //! of `access_log` exists (the log file itself is not created).
 //!
 //! Layout: this file holds the top-level struct, its defaults and loading; `duration` the
-//! duration syntax, `env` the `LB_*` table, `validate` the semantic checks, `pingora` the
+//! duration syntax, `env` the `LB_*` overrides, `validate` the semantic checks, `pingora` the
 //! `pingora:` section and `ServerConf`, `sections` the nested sections (`circuit_breaker:`,
 //! `rate_limit:`), `token` the admin token ([`Secret`], [`LoadBalancerConfig::admin_token`]),
 //! `error` [`ConfigError`] and `de` the serde helpers.
@@ -26,7 +26,6 @@
 mod de;
 mod duration;
 mod env;
-mod env_values;
 mod error;
 mod pingora;
 mod sections;
@@ -43,6 +42,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::duration::{format_duration, parse_duration, serde_duration, InvalidDuration};
+pub use self::env::process_env;
 pub use self::error::ConfigError;
 pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
@@ -264,15 +264,15 @@ impl LoadBalancerConfig {
         Ok(config)
     }
 
-    /// Parses YAML, applies `LB_*` overrides looked up with `env`, then validates. Errors from
-    /// the environment and from validation are reported together; a validation error about a
+    /// Parses YAML, applies the `LB_*` variables among `vars` (name, value pairs; other names
+    /// are ignored), then validates. Errors from the environment (bad values, `LB_` variables
+    /// that name no key) and from validation are reported together; a validation error about a
     /// value that came from the environment names the variable.
-    pub fn from_yaml_str_with_env(
+    pub fn from_yaml_str_with_env<K: AsRef<str>, V: AsRef<str>>(
         yaml: &str,
-        env: &dyn Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let mut config = Self::parse(yaml)?;
-        let (applied, mut errors) = config.apply_env_collect(env);
+        let (config, applied, mut errors) = env::overlay(&Self::parse(yaml)?, vars);
         if let Err(e) = config.validate() {
             errors.extend(
                 e.into_messages()
@@ -288,20 +288,13 @@ impl LoadBalancerConfig {
     }
 
     /// Reads the file at `path` and loads it like [`Self::from_yaml_str_with_env`], with the
-    /// process environment. Errors carry the path ([`ConfigError::path`]). `LB_*` variables
-    /// that are not Fulcrum settings are logged as warnings.
+    /// process's `LB_*` variables ([`process_env`]). Errors carry the path
+    /// ([`ConfigError::path`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let yaml = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("LB_") && !env::is_override(&name) {
-                log::warn!("environment variable {name} is not a Fulcrum setting; ignored");
-            }
-        }
-        let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
-        Self::from_yaml_str_with_env(&yaml, &env).map_err(|e| e.with_path(path))
+        Self::from_yaml_str_with_env(&yaml, process_env()).map_err(|e| e.with_path(path))
     }
 
     fn parse(yaml: &str) -> Result<Self, ConfigError> {

@@ -246,9 +246,7 @@ fn is_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use crate::config::testutil::{assert_one_error_contains, env_from, errors_of};
+    use crate::config::testutil::{assert_one_error_contains, errors_of};
     use crate::config::LoadBalancerConfig;
 
     #[test]
@@ -350,81 +348,6 @@ mod tests {
             let errors = errors_of(LoadBalancerConfig::from_yaml_str(&yaml));
             assert_one_error_contains(&yaml, &errors, &parts);
         }
-    }
-
-    /// Defect 5: a key whose default depends on another follows it when the user sets only the
-    /// other one; a value the user set himself is still checked against it.
-    #[test]
-    fn dependent_defaults_follow_the_key_the_user_set() {
-        let (ms, s) = (Duration::from_millis, Duration::from_secs);
-        // (file, effective health_check_timeout, effective retry_backoff_max)
-        let cases = [
-            ("", s(5), s(2)),
-            ("health_check_interval: 1s\n", s(1), s(2)),
-            ("health_check_interval: 100ms\n", ms(100), s(2)),
-            ("health_check_interval: 1m\n", s(5), s(2)),
-            ("retry_backoff: 3s\n", s(5), s(3)),
-            (
-                "retry_backoff: 1m\nhealth_check_interval: 2s\n",
-                s(2),
-                s(60),
-            ),
-            (
-                "health_check_interval: 1s\nhealth_check_timeout: 1s\n",
-                s(1),
-                s(2),
-            ),
-            ("retry_backoff: 0s\nretry_backoff_max: 0s\n", s(5), s(0)),
-        ];
-        for (yaml, timeout, backoff_max) in cases {
-            match LoadBalancerConfig::from_yaml_str(yaml) {
-                Ok(c) => assert_eq!(
-                    (
-                        c.effective_health_check_timeout(),
-                        c.effective_retry_backoff_max()
-                    ),
-                    (timeout, backoff_max),
-                    "{yaml:?}"
-                ),
-                Err(e) => panic!("{yaml:?}: {e}"),
-            }
-        }
-        // A library user building the config in code gets the same.
-        let in_code = LoadBalancerConfig {
-            health_check_interval: s(1),
-            retry_backoff: s(3),
-            ..LoadBalancerConfig::default()
-        };
-        in_code.validate().unwrap();
-        assert_eq!(in_code.effective_health_check_timeout(), s(1));
-        assert_eq!(in_code.effective_retry_backoff_max(), s(3));
-        let cases: [(&str, &[&str]); 2] = [
-            (
-                "health_check_interval: 1s\nhealth_check_timeout: 5s\n",
-                &["health_check_timeout: 5s is longer than health_check_interval (1s)"],
-            ),
-            (
-                "retry_backoff: 3s\nretry_backoff_max: 2s\n",
-                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
-            ),
-        ];
-        for (yaml, parts) in cases {
-            let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
-            assert_one_error_contains(yaml, &errors, parts);
-        }
-        // A variable counts as set by the user.
-        let env = env_from(&[("LB_HEALTH_CHECK_TIMEOUT", "5s")]);
-        let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env(
-            "health_check_interval: 1s\n",
-            &env,
-        ));
-        assert_one_error_contains(
-            "env",
-            &errors,
-            &["health_check_timeout (from LB_HEALTH_CHECK_TIMEOUT): 5s is longer"],
-        );
-        let env = env_from(&[("LB_HEALTH_CHECK_INTERVAL", "1s")]);
-        LoadBalancerConfig::from_yaml_str_with_env("", &env).unwrap();
     }
 
     #[test]
