@@ -1,5 +1,6 @@
 //! Tests of loading as a whole: defaults, a full file, the example file and the README's
-//! configuration reference, reading from a file, and `access_log` (checked, never created).
+//! configuration reference, reading from a file, `access_log` (checked, never created), and
+//! defaults that follow the key they depend on (`health_check_timeout`, `retry_backoff_max`).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
