@@ -148,10 +148,21 @@ impl LoadBalancerConfig {
             && self.admin_address.port() == self.port
             && (admin_ip == bind_ip || admin_ip.is_unspecified() || bind_ip.is_unspecified())
         {
-            err(format!(
-                "admin_address: {} uses the traffic listener's port (port: {})",
-                self.admin_address, self.port
-            ));
+            // Lead with the key the user most likely set: port, when admin_address is default.
+            err(
+                if self.admin_address == LoadBalancerConfig::default().admin_address {
+                    format!(
+                        "port: {} is the admin listener's port (admin_address defaults to {}); \
+                     choose another port or set admin_address",
+                        self.port, self.admin_address
+                    )
+                } else {
+                    format!(
+                        "admin_address: {} uses the traffic listener's port (port: {})",
+                        self.admin_address, self.port
+                    )
+                },
+            );
         }
         if let Some(path) = &self.access_log {
             if let Err(e) = check_access_log(path) {
@@ -324,6 +335,10 @@ mod tests {
                 vec!["max_idle_conns_per_host: not supported: Pingora keeps idle upstream connections in one LRU shared by all backends; size it with max_idle_conns"],
             ),
             ("admin_address: 0.0.0.0:8080\n".into(), vec!["admin_address: 0.0.0.0:8080 uses the traffic listener's port"]),
+            (
+                "port: 9090\n".into(),
+                vec!["port: 9090 is the admin listener's port (admin_address defaults to 127.0.0.1:9090)"],
+            ),
             (
                 "backends:\n  - {id: web1, url: \"http://127.0.0.1:1\"}\n  - {id: web1, url: \"http://127.0.0.1:2\"}\n"
                     .into(),
