@@ -352,7 +352,7 @@ pub fn demo_config(backends: &[DemoBackend]) -> LoadBalancerConfig {
         strategy: Strategy::WeightedRoundRobin,
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         health_check_interval: Duration::from_secs(5),
-        health_check_timeout: Duration::from_secs(2),
+        health_check_timeout: Some(Duration::from_secs(2)),
         logging_enabled: false,
         backends: backends
             .iter()
@@ -371,7 +371,7 @@ pub fn run_demo() -> Result<(), StartError> {
         .collect::<io::Result<Vec<_>>>()
         .map_err(StartError::io("start the demo backends"))?;
     let mut config = demo_config(&backends);
-    config.apply_env(&|k| std::env::var(k).ok())?;
+    config.apply_env(crate::config::process_env())?;
     let lb = LoadBalancer::new(config)?;
     let (listen, admin) = (lb.listen_addr(), lb.admin_addr());
     println!("Fulcrum demo: strategy {}", lb.config().strategy);

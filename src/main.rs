@@ -1,66 +1,45 @@
 //! `fulcrum`: the command line over the library.
 //!
-//! Pingora's flags (`-c FILE`, `-t`, `-d`, `-u`) plus `--demo`. Exit codes: 0 success, 1 invalid
-//! configuration or a failure to start, 2 bad usage.
+//! Pingora's flags (`-c FILE`, `-t`, `-d`, `-u`) plus `--demo`, parsed by clap (derive). Exit
+//! codes: 0 success (also `-h`, `-V`), 1 invalid configuration or a failure to start, 2 bad usage.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{ArgGroup, CommandFactory, Parser};
 use fulcrum::config::LoadBalancerConfig;
 use fulcrum::LoadBalancer;
 use pingora::server::configuration::Opt;
 
-const USAGE: &str = "\
-Usage: fulcrum -c FILE [-t] [-d] [-u]
-       fulcrum --demo
-
-  -c, --conf FILE  run with the YAML configuration FILE
-  -t, --test       validate the configuration and exit (0 = valid)
-  -d, --daemon     run in the background (pid_file from the pingora section)
-  -u, --upgrade    take over the listening sockets of a running Fulcrum (zero-downtime upgrade)
-      --demo       start three demo backends and Fulcrum in front of them on 127.0.0.1:8080
-  -h, --help       show this help
-  -V, --version    show the version
-
-Every scalar setting can be overridden with LB_<KEY>, e.g. LB_PORT=8081 LB_STRATEGY=random.";
-
-/// What the command line asks for.
-#[derive(Debug, Default, PartialEq)]
+/// What the command line asks for. clap answers `-h`/`-V` (exit 0) and usage errors (exit 2).
+#[derive(Debug, Default, PartialEq, Parser)]
+#[command(
+    name = "fulcrum",
+    version,
+    about = "Fulcrum, an HTTP load balancer on Cloudflare Pingora",
+    override_usage = "fulcrum -c FILE [-t] [-d] [-u]\n       fulcrum --demo",
+    after_help = "Every setting except pingora and backends can be overridden with LB_<KEY>, \
+                  e.g. LB_PORT=8081 LB_STRATEGY=random.",
+    group(ArgGroup::new("mode").required(true).args(["conf", "demo"]))
+)]
 struct Args {
+    /// Run with the YAML configuration FILE
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
     conf: Option<PathBuf>,
+    /// Validate the configuration and exit (0 = valid)
+    #[arg(short, long, requires = "conf")]
     test: bool,
+    /// Run in the background (pid_file from the pingora section)
+    #[arg(short, long, requires = "conf")]
     daemon: bool,
+    /// Take over the listening sockets of a running Fulcrum (zero-downtime upgrade)
+    #[arg(short, long, requires = "conf")]
     upgrade: bool,
+    /// Start three demo backends and Fulcrum in front of them on 127.0.0.1:8080
+    #[arg(long, conflicts_with_all = ["conf", "test", "daemon", "upgrade"])]
     demo: bool,
-    help: bool,
-    version: bool,
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
-    let mut out = Args::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-c" | "--conf" => {
-                let file = args
-                    .next()
-                    .ok_or_else(|| format!("{arg} needs a file name"))?;
-                out.conf = Some(file.into());
-            }
-            s if s.starts_with("--conf=") => out.conf = Some(s["--conf=".len()..].into()),
-            "-t" | "--test" => out.test = true,
-            "-d" | "--daemon" => out.daemon = true,
-            "-u" | "--upgrade" => out.upgrade = true,
-            "--demo" => out.demo = true,
-            "-h" | "--help" => out.help = true,
-            "-V" | "--version" => out.version = true,
-            // combined short flags such as -tc FILE are not supported; say so clearly
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(out)
 }
 
 fn init_logging() {
@@ -70,26 +49,19 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("fulcrum: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+            // Help and version go to stdout with 0, usage errors to stderr with 2, always
+            // with the usage (clap leaves it out of some errors, such as `-c` without FILE).
+            let _ = e.print();
+            if e.use_stderr() && !e.render().to_string().contains("Usage:") {
+                eprintln!("\n{}", Args::command().render_usage());
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    if args.help {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.version {
-        println!("fulcrum {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
     if args.demo {
-        if args.conf.is_some() || args.test || args.daemon || args.upgrade {
-            eprintln!("fulcrum: --demo takes no other flag\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
         init_logging();
         return match fulcrum::demo::run_demo() {
             Ok(()) => ExitCode::SUCCESS,
@@ -99,8 +71,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(path) = args.conf.clone() else {
-        eprintln!("fulcrum: no configuration given (use -c FILE, or --demo)\n\n{USAGE}");
+    let Some(path) = args.conf else {
+        // Not reachable: clap requires -c or --demo.
         return ExitCode::from(2);
     };
     let config = match LoadBalancerConfig::from_file(&path) {
@@ -139,16 +111,24 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::error::ErrorKind;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, String> {
-        parse_args(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> Result<Args, ErrorKind> {
+        Args::try_parse_from(std::iter::once("fulcrum").chain(args.iter().copied()))
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Args::command().debug_assert();
     }
 
     #[test]
     fn parses_flags() {
+        let conf = |f: &str| Some(PathBuf::from(f));
         let cases: &[(&[&str], Args)] = &[
-            (&[], Args::default()),
             (
                 &["--demo"],
                 Args {
@@ -159,7 +139,7 @@ mod tests {
             (
                 &["-c", "a.yaml", "-t"],
                 Args {
-                    conf: Some("a.yaml".into()),
+                    conf: conf("a.yaml"),
                     test: true,
                     ..Args::default()
                 },
@@ -167,16 +147,17 @@ mod tests {
             (
                 &["--conf=b.yaml", "-d", "-u"],
                 Args {
-                    conf: Some("b.yaml".into()),
+                    conf: conf("b.yaml"),
                     daemon: true,
                     upgrade: true,
                     ..Args::default()
                 },
             ),
             (
-                &["--help"],
+                &["-tc", "c.yaml"],
                 Args {
-                    help: true,
+                    conf: conf("c.yaml"),
+                    test: true,
                     ..Args::default()
                 },
             ),
@@ -184,9 +165,22 @@ mod tests {
         for (argv, want) in cases {
             assert_eq!(&parse(argv).unwrap(), want, "{argv:?}");
         }
-        assert!(parse(&["-c"]).unwrap_err().contains("needs a file"));
-        assert!(parse(&["-x"])
-            .unwrap_err()
-            .contains("unknown argument \"-x\""));
+    }
+
+    #[test]
+    fn usage_errors_and_help_have_their_kinds() {
+        let cases: &[(&[&str], ErrorKind)] = &[
+            (&[], ErrorKind::MissingRequiredArgument),
+            (&["-t"], ErrorKind::MissingRequiredArgument),
+            (&["-c"], ErrorKind::InvalidValue),
+            (&["-x"], ErrorKind::UnknownArgument),
+            (&["--demo", "-c", "a.yaml"], ErrorKind::ArgumentConflict),
+            (&["--demo", "-t"], ErrorKind::ArgumentConflict),
+            (&["--help"], ErrorKind::DisplayHelp),
+            (&["-V"], ErrorKind::DisplayVersion),
+        ];
+        for (argv, want) in cases {
+            assert_eq!(parse(argv).unwrap_err(), *want, "{argv:?}");
+        }
     }
 }

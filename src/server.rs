@@ -248,7 +248,7 @@ impl LoadBalancer {
 
 /// The proxy's settings, from the config.
 fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError> {
-    let backoff = Backoff::new(cfg.retry_backoff, cfg.retry_backoff_max)
+    let backoff = Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max())
         .map_err(|e| StartError::Config(ConfigError::new(e)))?;
     let rate_limit = match &cfg.rate_limit {
         None => None,
@@ -287,7 +287,7 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
 fn backend_set(cfg: &LoadBalancerConfig) -> BackendSet<Balancer> {
     let check = ActiveHealthCheck::new(HealthCheckSettings {
         path: cfg.health_check_path.clone(),
-        timeout: cfg.health_check_timeout,
+        timeout: cfg.effective_health_check_timeout(),
         thresholds: Thresholds {
             healthy: cfg.healthy_threshold,
             unhealthy: cfg.unhealthy_threshold,

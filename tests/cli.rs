@@ -99,6 +99,28 @@ fn invalid_configs_are_rejected_with_the_key_named() {
     assert!(err.contains("/nonexistent/fulcrum.yaml"), "{err}");
 }
 
+/// Defect 5: shortening the health-check interval alone is valid; the timeout follows it.
+#[test]
+fn a_short_health_check_interval_alone_is_valid() {
+    let backend = "backends:\n  - {id: a, url: \"http://127.0.0.1:1\"}\n";
+    let path = temp_file(
+        "short-interval.yaml",
+        &format!("health_check_interval: 1s\n{backend}"),
+    );
+    let (code, out, err) = run(fulcrum().arg("-t").arg("-c").arg(&path));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is valid (1 backends"), "{out}");
+    // A timeout the user set is still refused when longer than the interval.
+    let (code, _, err) = run(fulcrum()
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .env("LB_HEALTH_CHECK_TIMEOUT", "5s"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("LB_HEALTH_CHECK_TIMEOUT"), "{err}");
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn environment_overrides_apply_and_bad_values_name_the_variable() {
     let conf = conf_dir().join("fulcrum.yaml");

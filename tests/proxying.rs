@@ -14,7 +14,7 @@ fn unhealthy_backend_is_ejected_and_readmitted() {
     let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1), (&b[2], 1)]);
     cfg.health_check_interval = Duration::from_millis(100);
-    cfg.health_check_timeout = Duration::from_millis(100);
+    cfg.health_check_timeout = Some(Duration::from_millis(100));
     cfg.healthy_threshold = 2;
     cfg.unhealthy_threshold = 2;
     let lb = start(cfg);
@@ -40,7 +40,7 @@ fn health_report_follows_the_backends() {
     let b = backends(&[("a", 0), ("b", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1)]);
     cfg.health_check_interval = Duration::from_millis(100);
-    cfg.health_check_timeout = Duration::from_millis(100);
+    cfg.health_check_timeout = Some(Duration::from_millis(100));
     cfg.unhealthy_threshold = 1;
     let lb = start(cfg);
     assert!(wait_until(Duration::from_secs(5), || health(&lb).0 == 200));
@@ -72,7 +72,7 @@ fn a_backend_is_unknown_until_its_first_check() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = backends(&[("a", 0)]);
     let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1)]);
-    cfg.health_check_timeout = Duration::from_secs(3);
+    cfg.health_check_timeout = Some(Duration::from_secs(3));
     cfg.backends.push(fulcrum::BackendServer::new(
         "silent",
         format!("http://{}", silent.local_addr().unwrap()),

@@ -257,7 +257,7 @@ fn connect_timeout_bounds_a_backend_that_does_not_accept() {
         format!("http://{addr}"),
     ));
     cfg.connect_timeout = ms(300);
-    cfg.health_check_timeout = Duration::from_secs(5); // stays "unknown", so it is tried
+    cfg.health_check_timeout = Some(Duration::from_secs(5)); // stays "unknown", so it is tried
     cfg.max_retries = 0;
     let lb = fulcrum::LoadBalancer::new(cfg).unwrap().start().unwrap();
     let t = Instant::now();

@@ -163,7 +163,7 @@ fn ip_hash_moves_only_the_clients_of_a_failed_backend() {
     // two failed checks in a row to eject, with a generous timeout: a loaded test machine's slow
     // check must not take a healthy backend out
     cfg.health_check_interval = std::time::Duration::from_millis(500);
-    cfg.health_check_timeout = std::time::Duration::from_millis(500);
+    cfg.health_check_timeout = Some(std::time::Duration::from_millis(500));
     cfg.unhealthy_threshold = 2;
     let lb = start(cfg);
     let before = mapping(&lb, 90);

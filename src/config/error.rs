@@ -74,12 +74,10 @@ impl std::error::Error for ConfigError {}
 /// sometimes without a position: lead with the key, like every other message, and find the
 /// line when serde_yaml gives none.
 pub(super) fn describe_yaml_error(yaml: &str, e: &serde_yaml::Error) -> String {
-    let mut msg = e.to_string();
-    let mut at = String::new();
-    if let Some(loc) = e.location() {
-        at = format!(" at line {} column {}", loc.line(), loc.column());
-        msg.truncate(msg.strip_suffix(at.as_str()).map_or(msg.len(), str::len));
-    }
+    let msg = strip_location(e);
+    let at = e.location().map_or(String::new(), |loc| {
+        format!(" at line {} column {}", loc.line(), loc.column())
+    });
     for (prefix, what, nth) in [
         ("unknown field `", "unknown key", 0),
         ("duplicate field `", "duplicate key", 1),
@@ -108,6 +106,18 @@ pub(super) fn describe_yaml_error(yaml: &str, e: &serde_yaml::Error) -> String {
         };
     }
     msg + &at
+}
+
+/// serde_yaml's message without its trailing " at line L column C".
+pub(super) fn strip_location(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let at = format!(" at line {} column {}", loc.line(), loc.column());
+            msg.strip_suffix(at.as_str()).unwrap_or(&msg).to_string()
+        }
+        None => msg,
+    }
 }
 
 /// 1-based numbers of the lines where `key` starts a block-style top-level entry.
@@ -172,13 +182,20 @@ mod tests {
             (
                 "health_check_interval: 30\n".into(),
                 vec![
-                    "health_check_interval: invalid duration 30: add a unit",
+                    "health_check_interval: invalid duration \"30\": add a unit",
+                    "line 1",
+                ],
+            ),
+            (
+                "health_check_timeout: 30\n".into(),
+                vec![
+                    "health_check_timeout: invalid duration \"30\": add a unit",
                     "line 1",
                 ],
             ),
             (
                 "retry_backoff: 5x\n".into(),
-                vec!["retry_backoff: invalid duration \"5x\": unknown unit \"x\""],
+                vec!["retry_backoff: invalid duration \"5x\": unknown time unit \"x\""],
             ),
             (
                 "circuit_breaker:\n  timeout: -1s\n".into(),

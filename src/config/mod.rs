@@ -2,8 +2,8 @@
 //! library users build in code.
 //!
 //! This module owns the file format and its meaning: every key's type and default, duration
-//! syntax (`100ms`, `1m30s`, [`parse_duration`]), the `LB_*` environment overrides (one table,
-//! so YAML keys and variable names cannot drift), the semantic checks of
+//! syntax (`100ms`, `1m30s`, [`parse_duration`], by humantime), the `LB_*` environment overrides
+//! (derived from the serialised keys, so YAML keys and variable names cannot drift), the semantic checks of
 //! [`LoadBalancerConfig::validate`], and the translation of Fulcrum's settings into Pingora's
 //! `ServerConf` ([`LoadBalancerConfig::server_conf`]).
 //!
@@ -18,7 +18,7 @@
 //! of `access_log` exists (the log file itself is not created).
 //!
 //! Layout: this file holds the top-level struct, its defaults and loading; `duration` the
-//! duration syntax, `env` the `LB_*` table, `validate` the semantic checks, `pingora` the
+//! duration syntax, `env` the `LB_*` overrides, `validate` the semantic checks, `pingora` the
 //! `pingora:` section and `ServerConf`, `sections` the nested sections (`circuit_breaker:`,
 //! `rate_limit:`), `token` the admin token ([`Secret`], [`LoadBalancerConfig::admin_token`]),
 //! `error` [`ConfigError`] and `de` the serde helpers.
@@ -26,7 +26,6 @@
 mod de;
 mod duration;
 mod env;
-mod env_values;
 mod error;
 mod pingora;
 mod sections;
@@ -42,7 +41,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::duration::{format_duration, parse_duration, serde_duration};
+pub use self::duration::{format_duration, parse_duration, serde_duration, InvalidDuration};
+pub use self::env::process_env;
 pub use self::error::ConfigError;
 pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
@@ -61,6 +61,12 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 
 /// Accepted `max_request_header_size`, in bytes: 1 KiB to 1 MiB.
 pub const REQUEST_HEADER_SIZE_RANGE: RangeInclusive<usize> = 1024..=1024 * 1024;
+
+/// `health_check_timeout` when not set, unless `health_check_interval` is shorter.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `retry_backoff_max` when not set, unless `retry_backoff` is longer.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Everything Fulcrum can be configured with: the YAML file's top level.
 ///
@@ -95,10 +101,11 @@ pub struct LoadBalancerConfig {
     /// Time between two active health checks of a backend (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub health_check_interval: Duration,
-    /// Time a health check may take before it counts as failed (default 5s, > 0, at most
-    /// `health_check_interval`).
-    #[serde(with = "serde_duration")]
-    pub health_check_timeout: Duration,
+    /// Time a health check may take before it counts as failed (> 0, at most
+    /// `health_check_interval`). Default `None`: [`DEFAULT_HEALTH_CHECK_TIMEOUT`], or the
+    /// interval when that is shorter; read it with [`Self::effective_health_check_timeout`].
+    #[serde(with = "serde_duration::option")]
+    pub health_check_timeout: Option<Duration>,
     /// Path requested by HTTP health checks (default `/health`).
     pub health_check_path: String,
     /// Consecutive passing checks that make an unhealthy backend healthy (default 2, >= 1).
@@ -113,9 +120,11 @@ pub struct LoadBalancerConfig {
     /// `retry_backoff_max` (default 100ms).
     #[serde(with = "serde_duration")]
     pub retry_backoff: Duration,
-    /// Cap on the backoff ceiling (default 2s, at least `retry_backoff`).
-    #[serde(with = "serde_duration")]
-    pub retry_backoff_max: Duration,
+    /// Cap on the backoff ceiling (at least `retry_backoff`). Default `None`:
+    /// [`DEFAULT_RETRY_BACKOFF_MAX`], or `retry_backoff` when that is longer; read it with
+    /// [`Self::effective_retry_backoff_max`].
+    #[serde(with = "serde_duration::option")]
+    pub retry_backoff_max: Option<Duration>,
     /// Retries may add at most this percentage to the recent request rate, with a floor of 3
     /// retries per second (default 20, 0-100).
     pub retry_budget_percent: u32,
@@ -194,13 +203,13 @@ impl Default for LoadBalancerConfig {
             admin_token: None,
             admin_token_file: None,
             health_check_interval: Duration::from_secs(30),
-            health_check_timeout: Duration::from_secs(5),
+            health_check_timeout: None,
             health_check_path: "/health".to_string(),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
             max_retries: 3,
             retry_backoff: Duration::from_millis(100),
-            retry_backoff_max: Duration::from_secs(2),
+            retry_backoff_max: None,
             retry_budget_percent: 20,
             enable_sticky_sessions: false,
             session_cookie_name: "LB_SESSION_ID".to_string(),
@@ -231,6 +240,21 @@ impl Default for LoadBalancerConfig {
 }
 
 impl LoadBalancerConfig {
+    /// The health-check timeout in force: `health_check_timeout` when set, else
+    /// [`DEFAULT_HEALTH_CHECK_TIMEOUT`] or `health_check_interval` when that is shorter, so a
+    /// user who shortens the interval need not learn about the timeout.
+    pub fn effective_health_check_timeout(&self) -> Duration {
+        self.health_check_timeout
+            .unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT.min(self.health_check_interval))
+    }
+
+    /// The backoff cap in force: `retry_backoff_max` when set, else
+    /// [`DEFAULT_RETRY_BACKOFF_MAX`] or `retry_backoff` when that is longer.
+    pub fn effective_retry_backoff_max(&self) -> Duration {
+        self.retry_backoff_max
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX.max(self.retry_backoff))
+    }
+
     /// Parses YAML and validates it; the environment is not consulted.
     ///
     /// An empty document (or one holding only comments) gives the defaults.
@@ -240,15 +264,15 @@ impl LoadBalancerConfig {
         Ok(config)
     }
 
-    /// Parses YAML, applies `LB_*` overrides looked up with `env`, then validates. Errors from
-    /// the environment and from validation are reported together; a validation error about a
+    /// Parses YAML, applies the `LB_*` variables among `vars` (name, value pairs; other names
+    /// are ignored), then validates. Errors from the environment (bad values, `LB_` variables
+    /// that name no key) and from validation are reported together; a validation error about a
     /// value that came from the environment names the variable.
-    pub fn from_yaml_str_with_env(
+    pub fn from_yaml_str_with_env<K: AsRef<str>, V: AsRef<str>>(
         yaml: &str,
-        env: &dyn Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let mut config = Self::parse(yaml)?;
-        let (applied, mut errors) = config.apply_env_collect(env);
+        let (config, applied, mut errors) = env::overlay(&Self::parse(yaml)?, vars);
         if let Err(e) = config.validate() {
             errors.extend(
                 e.into_messages()
@@ -264,20 +288,13 @@ impl LoadBalancerConfig {
     }
 
     /// Reads the file at `path` and loads it like [`Self::from_yaml_str_with_env`], with the
-    /// process environment. Errors carry the path ([`ConfigError::path`]). `LB_*` variables
-    /// that are not Fulcrum settings are logged as warnings.
+    /// process's `LB_*` variables ([`process_env`]). Errors carry the path
+    /// ([`ConfigError::path`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let yaml = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("LB_") && !env::is_override(&name) {
-                log::warn!("environment variable {name} is not a Fulcrum setting; ignored");
-            }
-        }
-        let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
-        Self::from_yaml_str_with_env(&yaml, &env).map_err(|e| e.with_path(path))
+        Self::from_yaml_str_with_env(&yaml, process_env()).map_err(|e| e.with_path(path))
     }
 
     fn parse(yaml: &str) -> Result<Self, ConfigError> {

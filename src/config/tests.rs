@@ -1,12 +1,11 @@
 //! Tests of loading as a whole: defaults, a full file, the example file and the README's
-//! configuration reference, reading from a file, and `access_log` (checked, never created).
+//! configuration reference, reading from a file, `access_log` (checked, never created), and
+//! defaults that follow the key they depend on (`health_check_timeout`, `retry_backoff_max`).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use super::testutil::{
-    assert_one_error_contains, env_from, errors_of, every_key_config, scalar_keys,
-};
+use super::testutil::{assert_one_error_contains, errors_of, every_key_config, scalar_keys};
 use super::*;
 
 #[test]
@@ -106,13 +105,13 @@ fn full_yaml_parses_to_the_expected_struct() {
         admin_token: Some("0123456789abcdef-full".into()),
         admin_token_file: None,
         health_check_interval: Duration::from_secs(15),
-        health_check_timeout: Duration::from_secs(3),
+        health_check_timeout: Some(Duration::from_secs(3)),
         health_check_path: "/api/health?deep=1".into(),
         healthy_threshold: 4,
         unhealthy_threshold: 5,
         max_retries: 5,
         retry_backoff: Duration::from_millis(200),
-        retry_backoff_max: Duration::from_secs(5),
+        retry_backoff_max: Some(Duration::from_secs(5)),
         retry_budget_percent: 10,
         enable_sticky_sessions: false,
         session_cookie_name: "MY_SESSION".into(),
@@ -286,7 +285,7 @@ fn access_log_needs_an_existing_directory_and_is_not_created() {
 
     // LB_ACCESS_LOG sets it, names itself in errors, and empty means stdout.
     let load = |yaml: &str, value: &str| {
-        LoadBalancerConfig::from_yaml_str_with_env(yaml, &env_from(&[("LB_ACCESS_LOG", value)]))
+        LoadBalancerConfig::from_yaml_str_with_env(yaml, [("LB_ACCESS_LOG", value)])
     };
     let shown = path.display().to_string();
     assert_eq!(
@@ -301,4 +300,78 @@ fn access_log_needs_an_existing_directory_and_is_not_created() {
         &errors,
         &["access_log (from LB_ACCESS_LOG): directory"],
     );
+}
+
+/// Defect 5: a key whose default depends on another follows it when the user sets only the
+/// other one; a value the user set himself is still checked against it.
+#[test]
+fn dependent_defaults_follow_the_key_the_user_set() {
+    let (ms, s) = (Duration::from_millis, Duration::from_secs);
+    // (file, effective health_check_timeout, effective retry_backoff_max)
+    let cases = [
+        ("", s(5), s(2)),
+        ("health_check_interval: 1s\n", s(1), s(2)),
+        ("health_check_interval: 100ms\n", ms(100), s(2)),
+        ("health_check_interval: 1m\n", s(5), s(2)),
+        ("retry_backoff: 3s\n", s(5), s(3)),
+        (
+            "retry_backoff: 1m\nhealth_check_interval: 2s\n",
+            s(2),
+            s(60),
+        ),
+        (
+            "health_check_interval: 1s\nhealth_check_timeout: 1s\n",
+            s(1),
+            s(2),
+        ),
+        ("retry_backoff: 0s\nretry_backoff_max: 0s\n", s(5), s(0)),
+    ];
+    for (yaml, timeout, backoff_max) in cases {
+        match LoadBalancerConfig::from_yaml_str(yaml) {
+            Ok(c) => assert_eq!(
+                (
+                    c.effective_health_check_timeout(),
+                    c.effective_retry_backoff_max()
+                ),
+                (timeout, backoff_max),
+                "{yaml:?}"
+            ),
+            Err(e) => panic!("{yaml:?}: {e}"),
+        }
+    }
+    // A library user building the config in code gets the same.
+    let in_code = LoadBalancerConfig {
+        health_check_interval: s(1),
+        retry_backoff: s(3),
+        ..LoadBalancerConfig::default()
+    };
+    in_code.validate().unwrap();
+    assert_eq!(in_code.effective_health_check_timeout(), s(1));
+    assert_eq!(in_code.effective_retry_backoff_max(), s(3));
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "health_check_interval: 1s\nhealth_check_timeout: 5s\n",
+            &["health_check_timeout: 5s is longer than health_check_interval (1s)"],
+        ),
+        (
+            "retry_backoff: 3s\nretry_backoff_max: 2s\n",
+            &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
+        ),
+    ];
+    for (yaml, parts) in cases {
+        let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+        assert_one_error_contains(yaml, &errors, parts);
+    }
+    // A variable counts as set by the user.
+    let env = [("LB_HEALTH_CHECK_TIMEOUT", "5s")];
+    let errors = errors_of(LoadBalancerConfig::from_yaml_str_with_env(
+        "health_check_interval: 1s\n",
+        env,
+    ));
+    assert_one_error_contains(
+        "env",
+        &errors,
+        &["health_check_timeout (from LB_HEALTH_CHECK_TIMEOUT): 5s is longer"],
+    );
+    LoadBalancerConfig::from_yaml_str_with_env("", [("LB_HEALTH_CHECK_INTERVAL", "1s")]).unwrap();
 }

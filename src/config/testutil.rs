@@ -1,19 +1,10 @@
 //! Helpers shared by the config module's tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 
 use super::{ConfigError, LoadBalancerConfig, RateLimitConfig};
-
-/// An environment lookup holding exactly `pairs`.
-pub(super) fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
 
 /// The messages of an error that must be there.
 pub(super) fn errors_of(r: Result<LoadBalancerConfig, ConfigError>) -> Vec<String> {

@@ -122,7 +122,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::testutil::{assert_one_error_contains, env_from, errors_of};
+    use crate::config::testutil::{assert_one_error_contains, errors_of};
 
     const TOKEN: &str = "s3cr3t-T0ken_0123456789";
 
@@ -274,7 +274,7 @@ mod tests {
         let file = TempFile::new("env", format!("{TOKEN}\n").as_bytes());
         let path = file.0.display().to_string();
         let load = |yaml: &str, vars: &[(&str, &str)]| {
-            LoadBalancerConfig::from_yaml_str_with_env(yaml, &env_from(vars))
+            LoadBalancerConfig::from_yaml_str_with_env(yaml, vars.iter().copied())
         };
         let c = load("", &[("LB_ADMIN_TOKEN", TOKEN)]).unwrap();
         assert_eq!(c.admin_token(), Ok(Some(TOKEN.to_string())));

@@ -17,7 +17,10 @@ impl LoadBalancerConfig {
         let mut err = |m: String| errors.push(m);
         let positive = [
             ("health_check_interval", self.health_check_interval),
-            ("health_check_timeout", self.health_check_timeout),
+            (
+                "health_check_timeout",
+                self.effective_health_check_timeout(),
+            ),
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -30,13 +33,16 @@ impl LoadBalancerConfig {
                 err(format!("{key}: must be greater than 0s"));
             }
         }
-        if self.health_check_timeout > self.health_check_interval {
-            err(format!(
-                "health_check_timeout: {} is longer than health_check_interval ({}); a check \
-                 must finish before the next one starts",
-                format_duration(self.health_check_timeout),
-                format_duration(self.health_check_interval)
-            ));
+        // Only a timeout the user set can be too long: the default follows the interval.
+        if let Some(timeout) = self.health_check_timeout {
+            if timeout > self.health_check_interval {
+                err(format!(
+                    "health_check_timeout: {} is longer than health_check_interval ({}); a \
+                     check must finish before the next one starts",
+                    format_duration(timeout),
+                    format_duration(self.health_check_interval)
+                ));
+            }
         }
         if let Err(e) = check_health_path(&self.health_check_path) {
             err(format!("health_check_path: {e}"));
@@ -72,13 +78,16 @@ impl LoadBalancerConfig {
                 self.max_retries
             ));
         }
-        if self.retry_backoff_max < self.retry_backoff {
-            err(format!(
-                "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be at \
-                 least the first retry's delay",
-                format_duration(self.retry_backoff_max),
-                format_duration(self.retry_backoff)
-            ));
+        // Likewise only a cap the user set: the default follows retry_backoff.
+        if let Some(max) = self.retry_backoff_max {
+            if max < self.retry_backoff {
+                err(format!(
+                    "retry_backoff_max: {} is smaller than retry_backoff ({}); the cap must be \
+                     at least the first retry's delay",
+                    format_duration(max),
+                    format_duration(self.retry_backoff)
+                ));
+            }
         }
         if self.retry_budget_percent > 100 {
             err(format!(
@@ -139,10 +148,21 @@ impl LoadBalancerConfig {
             && self.admin_address.port() == self.port
             && (admin_ip == bind_ip || admin_ip.is_unspecified() || bind_ip.is_unspecified())
         {
-            err(format!(
-                "admin_address: {} uses the traffic listener's port (port: {})",
-                self.admin_address, self.port
-            ));
+            // Lead with the key the user most likely set: port, when admin_address is default.
+            err(
+                if self.admin_address == LoadBalancerConfig::default().admin_address {
+                    format!(
+                        "port: {} is the admin listener's port (admin_address defaults to {}); \
+                     choose another port or set admin_address",
+                        self.port, self.admin_address
+                    )
+                } else {
+                    format!(
+                        "admin_address: {} uses the traffic listener's port (port: {})",
+                        self.admin_address, self.port
+                    )
+                },
+            );
         }
         if let Some(path) = &self.access_log {
             if let Err(e) = check_access_log(path) {
@@ -316,6 +336,10 @@ mod tests {
             ),
             ("admin_address: 0.0.0.0:8080\n".into(), vec!["admin_address: 0.0.0.0:8080 uses the traffic listener's port"]),
             (
+                "port: 9090\n".into(),
+                vec!["port: 9090 is the admin listener's port (admin_address defaults to 127.0.0.1:9090)"],
+            ),
+            (
                 "backends:\n  - {id: web1, url: \"http://127.0.0.1:1\"}\n  - {id: web1, url: \"http://127.0.0.1:2\"}\n"
                     .into(),
                 vec!["backends[1] (id \"web1\"): id: duplicates backends[0]"],
@@ -389,14 +413,10 @@ mod tests {
 
     #[test]
     fn resilience_key_errors_name_the_key() {
-        let cases: [(&str, &[&str]); 14] = [
+        let cases: [(&str, &[&str]); 13] = [
             ("connect_timeout: 0s", &["connect_timeout: must be greater than 0s"]),
             ("client_header_timeout: 0s", &["client_header_timeout: must be greater than 0s"]),
             ("client_idle_timeout: 0ms", &["client_idle_timeout: must be greater than 0s"]),
-            (
-                "retry_backoff: 3s",
-                &["retry_backoff_max: 2s is smaller than retry_backoff (3s)"],
-            ),
             (
                 "retry_backoff_max: 50ms",
                 &["retry_backoff_max: 50ms is smaller than retry_backoff (100ms)"],

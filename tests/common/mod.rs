@@ -28,7 +28,7 @@ pub fn config(strategy: Strategy, backends: &[(&DemoBackend, u32)]) -> LoadBalan
         bind_address: "127.0.0.1".parse().unwrap(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         health_check_interval: Duration::from_secs(60),
-        health_check_timeout: Duration::from_secs(1),
+        health_check_timeout: Some(Duration::from_secs(1)),
         logging_enabled: false,
         backends: backends.iter().map(|(b, w)| b.server(*w)).collect(),
         ..LoadBalancerConfig::default()
