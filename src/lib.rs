@@ -33,6 +33,7 @@ pub mod responses;
 pub mod retry;
 pub(crate) mod rng;
 pub mod server;
+pub mod settings;
 pub mod time;
 pub mod upstream;
 

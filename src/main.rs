@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, CommandFactory, Parser};
 use fulcrum::config::LoadBalancerConfig;
+use fulcrum::settings::Settings;
 use fulcrum::LoadBalancer;
 use pingora::server::configuration::Opt;
 
@@ -77,15 +78,14 @@ fn main() -> ExitCode {
     };
     let config = match LoadBalancerConfig::from_file(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("fulcrum: configuration {} is invalid:", path.display());
-            for msg in e.messages() {
-                eprintln!("  - {msg}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return invalid(&path, &e),
     };
     if args.test {
+        // The same checks a start makes: semantics, DNS for every backend, pingora section,
+        // admin token.
+        if let Err(e) = Settings::try_from(&config) {
+            return invalid(&path, &e);
+        }
         println!(
             "fulcrum: configuration {} is valid ({} backends, strategy {})",
             path.display(),
@@ -183,4 +183,13 @@ mod tests {
             assert_eq!(parse(argv).unwrap_err(), *want, "{argv:?}");
         }
     }
+}
+
+/// Reports an invalid configuration, one problem a line, and gives exit code 1.
+fn invalid(path: &std::path::Path, e: &fulcrum::config::ConfigError) -> ExitCode {
+    eprintln!("fulcrum: configuration {} is invalid:", path.display());
+    for msg in e.messages() {
+        eprintln!("  - {msg}");
+    }
+    ExitCode::FAILURE
 }

@@ -20,14 +20,15 @@ use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
 use crate::balance::{BalanceConfig, Balancer, RequestKey};
-use crate::breaker::{BreakerSettings, StatusSet};
+use crate::breaker::StatusSet;
 use crate::config::{ConfigError, LoadBalancerConfig};
-use crate::downstream::{ClientLimits, CountedApp, GuardedApp};
-use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
+use crate::downstream::{CountedApp, GuardedApp};
+use crate::health::ActiveHealthCheck;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::ratelimit::{RateLimiter, TrustedProxies};
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::RetryPolicy;
+use crate::settings::Settings;
 
 /// Why the load balancer could not be built or started.
 #[derive(Debug)]
@@ -89,21 +90,22 @@ impl From<SetError> for StartError {
 /// A load balancer: configuration plus backends, ready to run.
 pub struct LoadBalancer {
     config: LoadBalancerConfig,
+    settings: Settings,
     backends: Arc<BackendSet<Balancer>>,
     listen: SocketAddr,
     admin: SocketAddr,
 }
 
 impl LoadBalancer {
-    /// Validates `config` and adds its backends. A port of 0 (`port` or `admin_address`) is
-    /// replaced by a free port now, so [`Self::listen_addr`] and [`Self::admin_addr`] tell where
-    /// the server will listen.
+    /// Validates `config` into [`Settings`] (resolving each backend once) and adds its
+    /// backends. A port of 0 (`port` or `admin_address`) is replaced by a free port now, so
+    /// [`Self::listen_addr`] and [`Self::admin_addr`] tell where the server will listen.
     pub fn new(config: LoadBalancerConfig) -> Result<Self, StartError> {
-        config.validate()?;
-        let backends = Arc::new(backend_set(&config));
+        let settings = Settings::try_from(&config)?;
+        let backends = Arc::new(backend_set(&settings));
         block_on(async {
-            for server in &config.backends {
-                backends.add_server(server.clone()).await?;
+            for spec in &settings.backends {
+                backends.add(spec.clone()).await?;
             }
             Ok::<_, SetError>(())
         })??;
@@ -111,6 +113,7 @@ impl LoadBalancer {
         let admin = reserve_port(config.admin_address)?;
         Ok(Self {
             config,
+            settings,
             backends,
             listen,
             admin,
@@ -198,33 +201,36 @@ impl LoadBalancer {
 
     /// Builds the pingora server with its three services: health checks, proxy, admin.
     fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
-        let cfg = &self.config;
-        let server_conf = cfg.server_conf()?;
-        let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+        let (cfg, settings) = (&self.config, self.settings);
+        let mut server = Server::new_with_opt_and_conf(opt, settings.server_conf);
         server.bootstrap();
 
         let health = self.backends.health_service("health checks");
+        let retry = RetryPolicy::new(
+            settings.max_retries,
+            settings.backoff,
+            settings.retry_budget_percent,
+            random_seed(),
+        );
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
         let proxy = Proxy::new(
             self.backends.clone(),
             metrics.clone(),
-            proxy_settings(cfg)?,
+            proxy_settings(cfg, settings.key, settings.failure_statuses, retry)?,
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
-        let limits = ClientLimits {
-            header_timeout: cfg.client_header_timeout,
-            idle_timeout: cfg.client_idle_timeout,
-            max_header_size: cfg.max_request_header_size,
-        };
-        let app = CountedApp::new(GuardedApp::new(proxy, limits), metrics.clone());
+        let app = CountedApp::new(
+            GuardedApp::new(proxy, settings.client_limits),
+            metrics.clone(),
+        );
         let mut proxy_service = Service::new("proxy".to_string(), app);
         proxy_service.add_tcp(&self.listen.to_string());
 
         let admin = AdminApp::new(AdminState {
             backends: self.backends.clone(),
             metrics,
-            token: cfg.admin_token()?,
+            token: settings.admin_token,
             drain_timeout: cfg.shutdown_timeout,
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
@@ -246,10 +252,13 @@ impl LoadBalancer {
     }
 }
 
-/// The proxy's settings, from the config.
-fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError> {
-    let backoff = Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max())
-        .map_err(|e| StartError::Config(ConfigError::new(e)))?;
+/// The proxy's settings: the validated parts from [`Settings`], the rest from the config.
+fn proxy_settings(
+    cfg: &LoadBalancerConfig,
+    key: RequestKey,
+    failure_statuses: StatusSet,
+    retry: RetryPolicy,
+) -> Result<ProxySettings, StartError> {
     let rate_limit = match &cfg.rate_limit {
         None => None,
         Some(r) => Some(
@@ -258,7 +267,7 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
         ),
     };
     Ok(ProxySettings {
-        key: RequestKey::for_strategy(cfg.strategy, &cfg.hash_key),
+        key,
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         access_log: match (cfg.logging_enabled, &cfg.access_log) {
@@ -269,45 +278,26 @@ fn proxy_settings(cfg: &LoadBalancerConfig) -> Result<ProxySettings, StartError>
         .transpose()
         .map_err(StartError::io("open the access log"))?,
         scheme: "http",
-        failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
+        failure_statuses,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
         rate_limit,
-        retry: RetryPolicy::new(
-            cfg.max_retries,
-            backoff,
-            cfg.retry_budget_percent,
-            random_seed(),
-        ),
+        retry,
     })
 }
 
-/// An empty backend set for `cfg`: the configured strategy, active health checks every
+/// An empty backend set for `settings`: the configured strategy, active health checks every
 /// `health_check_interval` (all backends checked in parallel), and a circuit breaker per
 /// backend when enabled.
-fn backend_set(cfg: &LoadBalancerConfig) -> BackendSet<Balancer> {
-    let check = ActiveHealthCheck::new(HealthCheckSettings {
-        path: cfg.health_check_path.clone(),
-        timeout: cfg.effective_health_check_timeout(),
-        thresholds: Thresholds {
-            healthy: cfg.healthy_threshold,
-            unhealthy: cfg.unhealthy_threshold,
-        },
-    });
+fn backend_set(settings: &Settings) -> BackendSet<Balancer> {
     let health = HealthChecking {
-        check: Box::new(check),
-        every: cfg.health_check_interval,
+        check: Box::new(ActiveHealthCheck::new(settings.health.clone())),
+        every: settings.health_interval,
     };
     let balance = BalanceConfig {
-        strategy: cfg.strategy,
+        strategy: settings.strategy,
         seed: random_seed(),
     };
-    let breakers = cfg.circuit_breaker_enabled.then_some(BreakerSettings {
-        failure_threshold: cfg.circuit_breaker.failure_threshold,
-        recovery_threshold: cfg.circuit_breaker.recovery_threshold,
-        timeout: cfg.circuit_breaker.timeout,
-        half_open_max_calls: cfg.circuit_breaker.half_open_max_calls,
-    });
-    BackendSet::new(balance, Some(health), breakers)
+    BackendSet::new(balance, Some(health), settings.breaker)
 }
 
 /// Removes `id` from outside any runtime; `None` when there was no such backend.

@@ -83,6 +83,22 @@ fn invalid_configs_are_rejected_with_the_key_named() {
             "health_check_interval: 30\n",
             "health_check_interval",
         ),
+        // caught by the settings a start builds, which -t builds too
+        (
+            "sameaddress.yaml",
+            "backends:\n  - {id: a, url: \"http://127.0.0.1:1\"}\n  - {id: b, url: \"http://127.0.0.1:1/\"}\n",
+            "backends[1] (id \"b\"): url:",
+        ),
+        (
+            "nohost.yaml",
+            "backends:\n  - {id: a, url: \"http://no-such-host.invalid:80\"}\n",
+            "backends[0] (id \"a\"): url: cannot resolve",
+        ),
+        (
+            "pingora.yaml",
+            "pingora:\n  threadz: 2\n",
+            "threadz",
+        ),
     ];
     for (name, yaml, key) in cases {
         let path = temp_file(name, yaml);

@@ -59,12 +59,18 @@ impl BackendServer {
         self
     }
 
-    /// Checks every field and resolves the URL to a socket address (blocking DNS for names).
-    pub fn validate(&self) -> Result<SocketAddr, InvalidField> {
+    /// Checks every field without I/O and returns the parsed URL.
+    pub fn check(&self) -> Result<UpstreamUrl, InvalidField> {
         validate_id(&self.id)?;
         Weight::new(self.weight)?;
-        let url = UpstreamUrl::parse(&self.url).map_err(|r| InvalidField::new("url", r))?;
-        url.resolve().map_err(|r| InvalidField::new("url", r))
+        UpstreamUrl::parse(&self.url).map_err(|r| InvalidField::new("url", r))
+    }
+
+    /// Checks every field and resolves the URL to a socket address (blocking DNS for names).
+    pub fn validate(&self) -> Result<SocketAddr, InvalidField> {
+        self.check()?
+            .resolve()
+            .map_err(|r| InvalidField::new("url", r))
     }
 }
 

@@ -21,7 +21,7 @@ impl ConfigError {
     }
 
     /// An error with these messages (each starting with its key).
-    pub(super) fn from_messages(messages: Vec<String>) -> Self {
+    pub(crate) fn from_messages(messages: Vec<String>) -> Self {
         Self {
             messages,
             path: None,

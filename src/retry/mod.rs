@@ -87,14 +87,13 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Backoff starting at `base`, never above `max`. Refuses `max < base`.
-    pub fn new(base: Duration, max: Duration) -> Result<Self, String> {
-        if max < base {
-            return Err(format!(
-                "retry_backoff_max ({max:?}) is smaller than retry_backoff ({base:?})"
-            ));
+    /// Backoff starting at `base`, never above `max` (a `max` below `base` is raised to it;
+    /// the configuration refuses that case before, naming the keys).
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
         }
-        Ok(Self { base, max })
     }
 
     /// The longest wait before retry `retry` (1-based): `base × 2^(retry-1)`, capped.
@@ -126,7 +125,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff::new(ms(100), ms(2000)).unwrap();
+        let b = Backoff::new(ms(100), ms(2000));
         let cases = [
             (1, 100),
             (2, 200),
@@ -146,11 +145,12 @@ mod tests {
             assert_eq!(b.delay(retry, 0), Duration::ZERO, "bottom of the range");
         }
         assert_eq!(b.delay(2, u64::MAX / 2), ms(100), "middle of [0, 200ms]");
-        assert!(Backoff::new(ms(100), ms(50)).is_err());
         assert_eq!(
-            Backoff::new(ms(0), ms(0)).unwrap().delay(3, 12345),
-            Duration::ZERO
+            Backoff::new(ms(100), ms(50)).ceiling(5),
+            ms(100),
+            "max raised to base"
         );
+        assert_eq!(Backoff::new(ms(0), ms(0)).delay(3, 12345), Duration::ZERO);
     }
 
     #[test]
@@ -164,7 +164,7 @@ mod tests {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let b = Backoff::new(ms(100), ms(2000)).unwrap();
+        let b = Backoff::new(ms(100), ms(2000));
         let delays: Vec<Duration> = (0..1000).map(|_| b.delay(3, next())).collect();
         assert!(delays.iter().all(|d| *d <= ms(400)));
         let low = delays.iter().filter(|d| **d < ms(200)).count();
@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn policy_caps_attempts_then_budget() {
         use RetryDecision::*;
-        let backoff = Backoff::new(ms(10), ms(100)).unwrap();
+        let backoff = Backoff::new(ms(10), ms(100));
         let policy = RetryPolicy::new(2, backoff, 0, 7);
         let now = Instant::now();
         assert_eq!(policy.decide(1, now), Retry);
@@ -202,7 +202,7 @@ mod tests {
     fn concurrent_decisions_never_exceed_the_budget() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::{Arc, Barrier};
-        let backoff = Backoff::new(ms(10), ms(100)).unwrap();
+        let backoff = Backoff::new(ms(10), ms(100));
         for round in 0..50 {
             let policy = Arc::new(RetryPolicy::new(3, backoff, 20, round));
             let now = Instant::now();

@@ -1,0 +1,192 @@
+//! [`Settings`]: everything Fulcrum runs with, checked once and turned into runtime types.
+//!
+//! `Settings::try_from(&LoadBalancerConfig)` runs the configuration's semantic checks
+//! ([`LoadBalancerConfig::validate`], pure), then does the one piece of I/O validation needs:
+//! resolving each backend's host, once. It refuses two backends at one address, checks the
+//! `pingora:` section and the admin token, and builds the typed values the services take
+//! (backend specs, backoff, breaker, health check, request key). After it, nothing is checked
+//! again: the backend set adds specs without resolving, and the server only wires.
+//!
+//! It sits above the modules whose types it builds (backend, balance, breaker, retry, health)
+//! and below the server that wires them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+use crate::backend::{BackendSpec, InvalidField};
+use crate::balance::{RequestKey, Strategy};
+use crate::breaker::{BreakerSettings, StatusSet};
+use crate::config::{ConfigError, LoadBalancerConfig};
+use crate::downstream::ClientLimits;
+use crate::health::{HealthCheckSettings, Thresholds};
+use crate::retry::Backoff;
+
+/// The validated runtime settings of one load balancer.
+#[derive(Debug)]
+pub struct Settings {
+    /// The backends, validated and resolved.
+    pub backends: Vec<BackendSpec>,
+    /// The selection strategy.
+    pub strategy: Strategy,
+    /// What the strategy hashes.
+    pub key: RequestKey,
+    /// The active health check.
+    pub health: HealthCheckSettings,
+    /// How often it runs.
+    pub health_interval: Duration,
+    /// Per-backend circuit breakers, when enabled.
+    pub breaker: Option<BreakerSettings>,
+    /// Statuses that count against a backend.
+    pub failure_statuses: StatusSet,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Wait before each retry.
+    pub backoff: Backoff,
+    /// Retries as a share of recent requests.
+    pub retry_budget_percent: u32,
+    /// Limits on client connections before pingora parses a request.
+    pub client_limits: ClientLimits,
+    /// Pingora's server configuration (threads, pid file, upgrade socket, grace periods).
+    pub server_conf: ServerConf,
+    /// Bearer token for mutating admin calls, read from `admin_token` or its file.
+    pub admin_token: Option<String>,
+}
+
+impl TryFrom<&LoadBalancerConfig> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(cfg: &LoadBalancerConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let backends = resolve_backends(cfg)?;
+        let breaker = cfg.circuit_breaker_enabled.then_some(BreakerSettings {
+            failure_threshold: cfg.circuit_breaker.failure_threshold,
+            recovery_threshold: cfg.circuit_breaker.recovery_threshold,
+            timeout: cfg.circuit_breaker.timeout,
+            half_open_max_calls: cfg.circuit_breaker.half_open_max_calls,
+        });
+        Ok(Self {
+            backends,
+            strategy: cfg.strategy,
+            key: RequestKey::for_strategy(cfg.strategy, &cfg.hash_key),
+            health: HealthCheckSettings {
+                path: cfg.health_check_path.clone(),
+                timeout: cfg.effective_health_check_timeout(),
+                thresholds: Thresholds {
+                    healthy: cfg.healthy_threshold,
+                    unhealthy: cfg.unhealthy_threshold,
+                },
+            },
+            health_interval: cfg.health_check_interval,
+            breaker,
+            failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
+            max_retries: cfg.max_retries,
+            backoff: Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max()),
+            retry_budget_percent: cfg.retry_budget_percent,
+            client_limits: ClientLimits {
+                header_timeout: cfg.client_header_timeout,
+                idle_timeout: cfg.client_idle_timeout,
+                max_header_size: cfg.max_request_header_size,
+            },
+            server_conf: cfg.server_conf()?,
+            admin_token: cfg.admin_token()?,
+        })
+    }
+}
+
+/// Resolves every backend once, refusing two at one address; every problem is reported.
+fn resolve_backends(cfg: &LoadBalancerConfig) -> Result<Vec<BackendSpec>, ConfigError> {
+    let mut errors = Vec::new();
+    let mut specs = Vec::with_capacity(cfg.backends.len());
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, server) in cfg.backends.iter().enumerate() {
+        let label = format!("backends[{i}] (id {:?})", server.id);
+        let spec = match BackendSpec::resolve(server.clone()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                errors.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        if let Some(&j) = seen.get(&spec.addr()) {
+            let e = InvalidField::new(
+                "url",
+                format!(
+                    "{:?} is the same address ({}) as backends[{j}] (id {:?})",
+                    server.url,
+                    spec.addr(),
+                    cfg.backends[j].id
+                ),
+            );
+            errors.push(format!("{label}: {e}"));
+            continue;
+        }
+        seen.insert(spec.addr(), i);
+        specs.push(spec);
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(ConfigError::from_messages(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendServer;
+
+    fn config(urls: &[(&str, &str)]) -> LoadBalancerConfig {
+        LoadBalancerConfig {
+            backends: urls
+                .iter()
+                .map(|(id, url)| BackendServer::new(*id, *url))
+                .collect(),
+            ..LoadBalancerConfig::default()
+        }
+    }
+
+    #[test]
+    fn resolves_backends_once_into_specs() {
+        let s = Settings::try_from(&config(&[
+            ("a", "http://127.0.0.1:8001"),
+            ("b", "http://localhost:8002"),
+        ]))
+        .unwrap();
+        let addrs: Vec<_> = s.backends.iter().map(|b| b.addr().port()).collect();
+        assert_eq!(addrs, [8001, 8002]);
+        assert_eq!(s.key, RequestKey::None);
+        assert!(s.breaker.is_some());
+    }
+
+    #[test]
+    fn every_backend_problem_is_reported_with_its_key() {
+        let err = Settings::try_from(&config(&[
+            ("a", "http://127.0.0.1:8001"),
+            ("b", "http://127.0.0.1:8001"),
+            ("c", "http://no-such-host.invalid:80"),
+        ]))
+        .unwrap_err();
+        let msgs = err.messages();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("backends[1] (id \"b\"): url: ")
+                && msgs[0].contains("same address (127.0.0.1:8001) as backends[0]"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("backends[2] (id \"c\"): url: cannot resolve"),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_checks_run_first() {
+        let mut cfg = config(&[("a", "http://127.0.0.1:8001")]);
+        cfg.max_retries = 99;
+        let err = Settings::try_from(&cfg).unwrap_err();
+        assert!(err.messages()[0].starts_with("max_retries"), "{err}");
+    }
+}
