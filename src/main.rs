@@ -109,6 +109,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reports an invalid configuration, one problem a line, and gives exit code 1.
+fn invalid(path: &std::path::Path, e: &fulcrum::config::ConfigError) -> ExitCode {
+    eprintln!("fulcrum: configuration {} is invalid:", path.display());
+    for msg in e.messages() {
+        eprintln!("  - {msg}");
+    }
+    ExitCode::FAILURE
+}
+
 #[cfg(test)]
 mod tests {
     use clap::error::ErrorKind;
@@ -183,13 +192,4 @@ mod tests {
             assert_eq!(parse(argv).unwrap_err(), *want, "{argv:?}");
         }
     }
-}
-
-/// Reports an invalid configuration, one problem a line, and gives exit code 1.
-fn invalid(path: &std::path::Path, e: &fulcrum::config::ConfigError) -> ExitCode {
-    eprintln!("fulcrum: configuration {} is invalid:", path.display());
-    for msg in e.messages() {
-        eprintln!("  - {msg}");
-    }
-    ExitCode::FAILURE
 }
