@@ -9,10 +9,9 @@ use pingora_load_balancing::selection::consistent::{
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::Backend;
 
+use super::candidates::{Pick, Seen};
 use super::hash::stable_hash;
-use super::members::Members;
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::selector_input::Members;
 use crate::rng::scale;
 
 /// Points per unit of weight on pingora's default (v1) Ketama ring.
@@ -68,8 +67,6 @@ impl ConsistentHashing {
     }
 }
 
-pick_selection!(ConsistentHashing);
-
 /// A request's position on the ring and the ring points it may still walk.
 pub struct RingCursor {
     ring: OwnedNodeIterator,
@@ -111,14 +108,16 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::super::test_support::*;
-    use super::super::Strategy;
+    use super::super::{PickIter, Strategy};
     use super::*;
 
     fn owners(set: &BTreeSet<Backend>, keys: u32) -> Vec<u16> {
         let ch = Arc::new(ConsistentHashing::new(set));
         (0..keys)
             .map(|k| {
-                let b = ch.iter(format!("user-{k}").as_bytes()).next().cloned();
+                let b = PickIter::new(&ch, format!("user-{k}").as_bytes())
+                    .next()
+                    .cloned();
                 b.map(|b| port(&b)).unwrap_or(0)
             })
             .collect()

@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 
 use pingora_load_balancing::Backend;
 
+use super::candidates::{Pick, Seen};
 use super::hash::stable_hash;
-use super::members::{Cumulative, Members};
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::selector_input::Members;
+use super::weighted_draw::Cumulative;
 use crate::rng::{mix, GOLDEN_GAMMA};
 
 /// Alternative backends derived from the key before falling back to the address-order scan.
@@ -37,8 +37,6 @@ impl IpHash {
         }
     }
 }
-
-pick_selection!(IpHash);
 
 /// A request's key hash and how many rehashes it used.
 #[derive(Debug)]

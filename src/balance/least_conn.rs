@@ -1,14 +1,13 @@
 //! Least connections: fewest requests in flight per unit of weight.
 
-use std::cmp::Ordering as CmpOrdering;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 
 use pingora_load_balancing::Backend;
 
-use super::members::Members;
-use super::walk::Seen;
-use super::walk::{pick_selection, ranked_pick};
+use super::candidates::Seen;
+use super::ranking::{best_unseen, by_load, load, Ranked};
+use super::selector_input::Members;
 
 /// Least connections, weighted (nginx's and HAProxy's `least_conn`/`leastconn`): the backend
 /// with the lowest `in_flight / weight` wins, compared exactly as
@@ -29,58 +28,22 @@ impl LeastConnections {
             ticket: AtomicUsize::new(0),
         }
     }
+}
+
+impl Ranked for LeastConnections {
+    fn members(&self) -> &Members {
+        &self.members
+    }
+
+    fn ticket(&self) -> &AtomicUsize {
+        &self.ticket
+    }
 
     fn best(&self, turn: usize, seen: &Seen) -> Option<usize> {
         let m = &self.members;
         best_unseen(m.len(), turn, seen, |i| load(m, i), by_load)
     }
 }
-
-/// Backend `i`'s load as compared by [`by_load`]: in-flight requests and weight.
-pub fn load(members: &Members, i: usize) -> (u64, u64) {
-    (members.state(i).stats.in_flight(), members.weight(i))
-}
-
-/// Orders loads by `in_flight / weight`, compared as `a.in_flight × b.weight` against
-/// `b.in_flight × a.weight` (exact: no division, no floats).
-pub fn by_load(a: &(u64, u64), b: &(u64, u64)) -> CmpOrdering {
-    (u128::from(a.0) * u128::from(b.1)).cmp(&(u128::from(b.0) * u128::from(a.1)))
-}
-
-/// The best backend not in `seen` by `cmp` of `key`s (lowest first). Ties rotate: `turn` (the
-/// request's ticket) picks which of the equally best backends, in address order, wins, so
-/// consecutive requests take them in turn. Two O(n) passes when there is a tie, one otherwise.
-pub fn best_unseen<K: Copy>(
-    n: usize,
-    turn: usize,
-    seen: &Seen,
-    key: impl Fn(usize) -> K,
-    cmp: impl Fn(&K, &K) -> CmpOrdering,
-) -> Option<usize> {
-    let mut best: Option<(usize, K)> = None;
-    let mut ties = 0;
-    for i in (0..n).filter(|&i| !seen.contains(i)) {
-        let k = key(i);
-        match best.map(|(_, b)| cmp(&k, &b)) {
-            None | Some(CmpOrdering::Less) => (best, ties) = (Some((i, k)), 1),
-            Some(CmpOrdering::Equal) => ties += 1,
-            Some(CmpOrdering::Greater) => {}
-        }
-    }
-    let (first, b) = best?;
-    if ties < 2 {
-        return Some(first);
-    }
-    // Loads may have changed since the first pass: fall back to its winner.
-    (0..n)
-        .filter(|&i| !seen.contains(i) && cmp(&key(i), &b) == CmpOrdering::Equal)
-        .nth(turn % ties)
-        .or(Some(first))
-}
-
-pick_selection!(LeastConnections);
-
-ranked_pick!(LeastConnections);
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,9 @@ use std::sync::atomic::AtomicUsize;
 
 use pingora_load_balancing::Backend;
 
-use super::least_conn::best_unseen;
-use super::members::Members;
-use super::walk::Seen;
-use super::walk::{pick_selection, ranked_pick};
+use super::candidates::Seen;
+use super::ranking::{best_unseen, Ranked};
+use super::selector_input::Members;
 
 /// Least response time, after Finagle's latency-aware balancers (its EWMA "peak EWMA" cost,
 /// Twitter, 2016) and nginx Plus's `least_time`: the backend with the lowest
@@ -44,16 +43,22 @@ impl LeastResponseTime {
             Some(ewma) => (true, ewma * (in_flight + 1.0)),
         }
     }
+}
+
+impl Ranked for LeastResponseTime {
+    fn members(&self) -> &Members {
+        &self.members
+    }
+
+    fn ticket(&self) -> &AtomicUsize {
+        &self.ticket
+    }
 
     fn best(&self, turn: usize, seen: &Seen) -> Option<usize> {
         let by_cost = |a: &(bool, f64), b: &(bool, f64)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
         best_unseen(self.members.len(), turn, seen, |i| self.cost(i), by_cost)
     }
 }
-
-pick_selection!(LeastResponseTime);
-
-ranked_pick!(LeastResponseTime);
 
 #[cfg(test)]
 mod tests {

@@ -151,30 +151,33 @@ pub struct BalanceConfig {
     pub seed: u64,
 }
 
+mod candidates;
 pub mod consistent;
 mod hash;
-pub mod key;
-
-pub use key::RequestKey;
 pub mod ip_hash;
+pub mod key;
 pub mod least_conn;
 pub mod least_time;
-mod members;
 pub mod p2c;
 pub mod random;
+mod ranking;
 pub mod round_robin;
+mod selector_input;
 #[cfg(test)]
 mod test_support;
-mod walk;
 pub mod weighted;
+mod weighted_draw;
+
+pub use key::RequestKey;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+
 use pingora_load_balancing::Backend;
 
-pub use walk::PickIter;
+pub use candidates::{Pick, PickIter};
 
 /// The selector the proxy's pingora `LoadBalancer` holds: one of the eight strategies, chosen by
 /// [`BalanceConfig::strategy`] at build time. Each variant holds its strategy in an `Arc` so
@@ -258,14 +261,22 @@ impl BackendSelection for Balancer {
 
     fn iter(self: &Arc<Self>, key: &[u8]) -> BalancerIter {
         match &**self {
-            Balancer::RoundRobin(s) => BalancerIter::RoundRobin(s.iter(key)),
-            Balancer::WeightedRoundRobin(s) => BalancerIter::WeightedRoundRobin(s.iter(key)),
-            Balancer::LeastConnections(s) => BalancerIter::LeastConnections(s.iter(key)),
-            Balancer::LeastResponseTime(s) => BalancerIter::LeastResponseTime(s.iter(key)),
-            Balancer::IpHash(s) => BalancerIter::IpHash(s.iter(key)),
-            Balancer::Random(s) => BalancerIter::Random(s.iter(key)),
-            Balancer::ConsistentHashing(s) => BalancerIter::ConsistentHashing(s.iter(key)),
-            Balancer::PowerOfTwoChoices(s) => BalancerIter::PowerOfTwoChoices(s.iter(key)),
+            Balancer::RoundRobin(s) => BalancerIter::RoundRobin(PickIter::new(s, key)),
+            Balancer::WeightedRoundRobin(s) => {
+                BalancerIter::WeightedRoundRobin(PickIter::new(s, key))
+            }
+            Balancer::LeastConnections(s) => BalancerIter::LeastConnections(PickIter::new(s, key)),
+            Balancer::LeastResponseTime(s) => {
+                BalancerIter::LeastResponseTime(PickIter::new(s, key))
+            }
+            Balancer::IpHash(s) => BalancerIter::IpHash(PickIter::new(s, key)),
+            Balancer::Random(s) => BalancerIter::Random(PickIter::new(s, key)),
+            Balancer::ConsistentHashing(s) => {
+                BalancerIter::ConsistentHashing(PickIter::new(s, key))
+            }
+            Balancer::PowerOfTwoChoices(s) => {
+                BalancerIter::PowerOfTwoChoices(PickIter::new(s, key))
+            }
         }
     }
 }

@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 
 use pingora_load_balancing::Backend;
 
-use super::least_conn::{by_load, load};
-use super::members::{Members, WeightedDraw};
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::candidates::{Pick, Seen};
+use super::ranking::{by_load, load};
+use super::selector_input::Members;
+use super::weighted_draw::WeightedDraw;
 
 /// Draws allowed for a second candidate distinct from the first before taking a uniform one.
 const DISTINCT_DRAWS: u32 = 8;
@@ -53,8 +53,6 @@ impl PowerOfTwoChoices {
     }
 }
 
-pick_selection!(PowerOfTwoChoices, seeded);
-
 impl Pick for PowerOfTwoChoices {
     /// The loser, not yet yielded.
     type Cursor = Option<usize>;
@@ -80,7 +78,9 @@ impl Pick for PowerOfTwoChoices {
 
 #[cfg(test)]
 mod tests {
-    use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+    use pingora_load_balancing::selection::BackendIter;
+
+    use super::super::PickIter;
     use std::sync::Arc;
 
     use super::super::test_support::*;
@@ -110,7 +110,7 @@ mod tests {
         }));
         let (set, _) = backend_set(&[1]);
         let p2c = Arc::new(PowerOfTwoChoices::new(&set, 1));
-        let mut iter = p2c.iter(b"");
+        let mut iter = PickIter::new(&p2c, b"");
         assert!(iter.next().is_some());
         assert!(iter.next().is_none());
     }

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use pingora_load_balancing::Backend;
 
-use super::members::{Members, WeightedDraw};
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::candidates::{Pick, Seen};
+use super::selector_input::Members;
+use super::weighted_draw::WeightedDraw;
 
 /// Further random draws, after the first, before the address-order scan.
 const EXTRA_DRAWS: u32 = 4;
@@ -31,8 +31,6 @@ impl Random {
         }
     }
 }
-
-pick_selection!(Random, seeded);
 
 impl Pick for Random {
     /// Draws taken after the first.

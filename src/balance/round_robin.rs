@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora_load_balancing::Backend;
 
-use super::members::Members;
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::candidates::{advance, Pick, Seen};
+use super::selector_input::Members;
 
 /// Round robin, the classic rotation (as in nginx's and HAProxy's `roundrobin` with equal
 /// weights): requests take turns over the backends in address order; weights are ignored.
@@ -32,8 +31,6 @@ impl RoundRobin {
     }
 }
 
-pick_selection!(RoundRobin);
-
 impl Pick for RoundRobin {
     type Cursor = ();
 
@@ -49,49 +46,6 @@ impl Pick for RoundRobin {
     fn further(&self, _: &mut (), seen: &Seen) -> Option<usize> {
         advance(&self.ticket, self.members.len(), |p| p, seen)
     }
-}
-
-/// How far past a ticket [`advance`] looks for a backend not yet yielded.
-const MAX_WALK: usize = 1 << 14;
-/// Tickets [`advance`] takes before it settles for an unclaimed position.
-const CLAIM_ATTEMPTS: usize = 3;
-
-/// The next candidate of a rotation over a cyclic sequence of `period` positions (`at` maps a
-/// position to a backend), for a request whose earlier candidates, `seen`, were rejected.
-///
-/// Takes a new ticket. If its position holds a backend already yielded, looks ahead for the
-/// first position that does not and claims the skipped positions with one compare-exchange of the
-/// ticket counter, so the next request continues after them: skipped turns are consumed exactly
-/// as if a ticket had been taken for each, and the admitted backends keep their share. If other
-/// requests took tickets meanwhile, retries with a new ticket a few times, then uses the position
-/// found without claiming. `None` when no position within reach holds an unseen backend.
-pub fn advance(
-    ticket: &AtomicUsize,
-    period: usize,
-    at: impl Fn(usize) -> usize,
-    seen: &Seen,
-) -> Option<usize> {
-    for attempt in 1..=CLAIM_ATTEMPTS {
-        let t = ticket.fetch_add(1, Ordering::Relaxed);
-        let i = at(t % period);
-        if !seen.contains(i) {
-            return Some(i);
-        }
-        let k =
-            (1..period.min(MAX_WALK)).find(|&k| !seen.contains(at(t.wrapping_add(k) % period)))?;
-        let claimed = ticket
-            .compare_exchange(
-                t.wrapping_add(1),
-                t.wrapping_add(k + 1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if claimed || attempt == CLAIM_ATTEMPTS {
-            return Some(at(t.wrapping_add(k) % period));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

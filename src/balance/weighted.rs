@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora_load_balancing::Backend;
 
-use super::members::Members;
-use super::round_robin::advance;
-use super::walk::pick_selection;
-use super::walk::{Pick, Seen};
+use super::candidates::{advance, Pick, Seen};
+use super::selector_input::Members;
 
 /// Smooth weighted round robin, nginx's algorithm (`ngx_http_upstream_get_peer`, 2012): each
 /// backend gets `weight` of every `sum(weights)` picks, spread out instead of in runs. Weights
@@ -63,8 +61,6 @@ fn smooth_sequence(weights: &[u64]) -> Vec<u32> {
     }
     sequence
 }
-
-pick_selection!(WeightedRoundRobin);
 
 impl Pick for WeightedRoundRobin {
     type Cursor = ();

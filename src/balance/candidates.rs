@@ -1,4 +1,6 @@
-//! The iterator every strategy but consistent hashing's shares.
+//! The candidate iterator every strategy shares ([`PickIter`] over a [`Pick`] strategy), and
+//! [`advance`], the ticket rotation round robin and weighted round robin take further
+//! candidates from.
 //!
 //! A strategy makes the first pick allocation-free; only when that candidate is rejected does the
 //! iterator allocate a small bitset of the backends already yielded, ask the strategy for further
@@ -10,86 +12,9 @@ use std::sync::Arc;
 use pingora_load_balancing::selection::BackendIter;
 use pingora_load_balancing::Backend;
 
-use super::members::Members;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Implements pingora's `BackendSelection` for a [`Pick`] strategy: built from the backend set
-/// with `Self::new(backends)` (or `Self::new(backends, seed)` for the `seeded` ones, whose
-/// `Config` is the random seed), iterated with [`PickIter`].
-macro_rules! pick_selection {
-    ($strategy:ty) => {
-        impl pingora_load_balancing::selection::BackendSelection for $strategy {
-            type Iter = $crate::balance::walk::PickIter<Self>;
-            type Config = ();
-
-            fn build(
-                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
-            ) -> Self {
-                Self::new(backends)
-            }
-
-            fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
-                $crate::balance::walk::PickIter::new(self, key)
-            }
-        }
-    };
-    ($strategy:ty, seeded) => {
-        impl pingora_load_balancing::selection::BackendSelection for $strategy {
-            type Iter = $crate::balance::walk::PickIter<Self>;
-            type Config = u64;
-
-            fn build_with_config(
-                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
-                seed: &u64,
-            ) -> Self {
-                Self::new(backends, *seed)
-            }
-
-            fn build(
-                backends: &std::collections::BTreeSet<pingora_load_balancing::Backend>,
-            ) -> Self {
-                Self::new(backends, 0)
-            }
-
-            fn iter(self: &std::sync::Arc<Self>, key: &[u8]) -> Self::Iter {
-                $crate::balance::walk::PickIter::new(self, key)
-            }
-        }
-    };
-}
-pub(crate) use pick_selection;
-
-/// Implements [`Pick`] for a strategy that ranks all backends on every call (least connections,
-/// least response time): `self.members`, a shared `self.ticket` that rotates ties, and
-/// `self.best(turn, seen)` returning the best backend not yet seen.
-macro_rules! ranked_pick {
-    ($strategy:ty) => {
-        impl $crate::balance::walk::Pick for $strategy {
-            /// The request's ticket, which rotates ties.
-            type Cursor = usize;
-
-            fn members(&self) -> &$crate::balance::members::Members {
-                &self.members
-            }
-
-            fn first(&self, _key: &[u8]) -> (usize, usize) {
-                let turn = self
-                    .ticket
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let best = self.best(turn, &$crate::balance::walk::Seen::EMPTY);
-                (best.unwrap_or(0), turn)
-            }
-
-            fn further(
-                &self,
-                turn: &mut usize,
-                seen: &$crate::balance::walk::Seen,
-            ) -> Option<usize> {
-                self.best(*turn, seen)
-            }
-        }
-    };
-}
-pub(crate) use ranked_pick;
+use super::selector_input::Members;
 
 /// Backends already yielded by one iterator: empty (no allocation) until the second candidate.
 #[derive(Debug, Default)]
@@ -205,4 +130,47 @@ impl<S: Pick> BackendIter for PickIter<S> {
         self.yielded += 1;
         Some(self.selector.members().backend(i))
     }
+}
+
+/// How far past a ticket [`advance`] looks for a backend not yet yielded.
+const MAX_WALK: usize = 1 << 14;
+/// Tickets [`advance`] takes before it settles for an unclaimed position.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// The next candidate of a rotation over a cyclic sequence of `period` positions (`at` maps a
+/// position to a backend), for a request whose earlier candidates, `seen`, were rejected.
+///
+/// Takes a new ticket. If its position holds a backend already yielded, looks ahead for the
+/// first position that does not and claims the skipped positions with one compare-exchange of the
+/// ticket counter, so the next request continues after them: skipped turns are consumed exactly
+/// as if a ticket had been taken for each, and the admitted backends keep their share. If other
+/// requests took tickets meanwhile, retries with a new ticket a few times, then uses the position
+/// found without claiming. `None` when no position within reach holds an unseen backend.
+pub fn advance(
+    ticket: &AtomicUsize,
+    period: usize,
+    at: impl Fn(usize) -> usize,
+    seen: &Seen,
+) -> Option<usize> {
+    for attempt in 1..=CLAIM_ATTEMPTS {
+        let t = ticket.fetch_add(1, Ordering::Relaxed);
+        let i = at(t % period);
+        if !seen.contains(i) {
+            return Some(i);
+        }
+        let k =
+            (1..period.min(MAX_WALK)).find(|&k| !seen.contains(at(t.wrapping_add(k) % period)))?;
+        let claimed = ticket
+            .compare_exchange(
+                t.wrapping_add(1),
+                t.wrapping_add(k + 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if claimed || attempt == CLAIM_ATTEMPTS {
+            return Some(at(t.wrapping_add(k) % period));
+        }
+    }
+    None
 }
