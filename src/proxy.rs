@@ -39,11 +39,12 @@ use crate::access_log::{AccessEntry, AccessLog};
 use crate::admin::health::rfc3339;
 use crate::backend::{BackendState, Registry};
 use crate::balance::{Balancer, HashKey, Strategy};
+use crate::client::TrustedProxies;
 use crate::headers::{
     cookie_value, forwarded_for, forwarded_for_values, forwarded_host, RequestIds,
 };
 use crate::metrics::{Metrics, RequestRecord};
-use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::ratelimit::RateLimiter;
 use crate::responses;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::upstream::{self, Attempt, Refusal};

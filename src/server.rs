@@ -25,12 +25,13 @@ use crate::admin::{AdminApp, AdminState};
 use crate::backend::{BackendServer, Registry};
 use crate::balance::{BalanceConfig, Balancer};
 use crate::breaker::BreakerSettings;
+use crate::client::TrustedProxies;
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{ClientLimits, CountedApp, GuardedApp};
 use crate::health::{ActiveHealthCheck, HealthCheckSettings, Thresholds};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings, StatusSet};
-use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::ratelimit::RateLimiter;
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Feeds pingora's load balancer the registry's current backends.

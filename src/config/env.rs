@@ -139,10 +139,10 @@ mod tests {
 
     use super::*;
     use crate::balance::Strategy;
+    use crate::client::Cidr;
     use crate::config::testutil::{
         assert_one_error_contains, env_from, errors_of, every_key_config, scalar_keys,
     };
-    use crate::ratelimit::Cidr;
 
     #[test]
     fn every_scalar_key_has_an_env_override() {

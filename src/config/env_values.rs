@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{parse_duration, LoadBalancerConfig, RateLimitConfig, Secret};
 use crate::balance::Strategy;
-use crate::ratelimit::Cidr;
+use crate::client::Cidr;
 
 pub(super) fn invalid(value: &str, expected: &str) -> String {
     format!("invalid value {value:?}: expected {expected}")

@@ -54,7 +54,7 @@ use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_defaul
 use self::error::describe_yaml_error;
 use crate::backend::BackendServer;
 use crate::balance::{HashKey, Strategy};
-use crate::ratelimit::Cidr;
+use crate::client::Cidr;
 
 /// Largest accepted `max_retries`.
 pub const MAX_RETRIES_LIMIT: u32 = 10;
