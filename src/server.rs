@@ -221,6 +221,7 @@ impl LoadBalancer {
             header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.client_idle_timeout,
             max_header_size: cfg.max_request_header_size,
+            underscores_in_headers: cfg.underscores_in_headers,
         };
         let app = CountedApp::new(GuardedApp::new(proxy, limits), metrics.clone());
         let mut proxy_service = Service::new("proxy".to_string(), app);

@@ -116,6 +116,35 @@ fn differing_content_lengths_are_400() {
 }
 
 #[test]
+fn header_names_with_underscores_are_dropped() {
+    let got = forwarded(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\
+          Content_Length: 0\r\nX_Custom: 1\r\nX-Kept: yes\r\nConnection: close\r\n\r\nhello",
+    );
+    let head = got.split("\r\n\r\n").next().unwrap();
+    assert!(!head.contains('_'), "{got}");
+    assert_eq!(headers_named(&got, "x-kept"), ["yes"], "{got}");
+    assert_eq!(headers_named(&got, "content-length"), ["5"], "{got}");
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}
+
+#[test]
+fn underscores_in_headers_keeps_them() {
+    let backend = CaptureBackend::start();
+    let mut cfg = config(Strategy::RoundRobin, &[]);
+    cfg.backends.push(backend.server());
+    cfg.underscores_in_headers = true;
+    let lb = start(cfg);
+    let r = send_raw(
+        lb.listen_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nX_Custom: 1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = backend.only_request();
+    assert_eq!(headers_named(&got, "x_custom"), ["1"], "{got}");
+}
+
+#[test]
 fn control_bytes_in_the_request_target_are_400() {
     let probe = Probe::start();
     for target in [
@@ -199,7 +228,7 @@ fn requests_on_a_kept_alive_connection_are_all_served() {
     let requests: [&[u8]; 3] = [
         b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n",
         b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
-        b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /three HTTP/1.1\r\nHost: a\r\nX_Drop: 1\r\n\r\n",
     ];
     for raw in requests {
         conn.write_all(raw).unwrap();
@@ -219,7 +248,10 @@ fn requests_on_a_kept_alive_connection_are_all_served() {
         "{got:?}"
     );
     assert_eq!(headers_named(&got[1], "content-length"), ["5"], "{got:?}");
-    assert!(got[2].starts_with("GET /three "), "{got:?}");
+    assert!(
+        got[2].starts_with("GET /three ") && !got[2].contains("X_Drop"),
+        "{got:?}"
+    );
 
     // a bad request after good ones is refused and closes the connection
     conn.write_all(b"GET /four HTTP/1.1\r\n\r\n").unwrap();

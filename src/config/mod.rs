@@ -147,6 +147,9 @@ pub struct LoadBalancerConfig {
     /// Largest request head accepted, in bytes; a larger one gets 431 (default 32768, within
     /// [`REQUEST_HEADER_SIZE_RANGE`]).
     pub max_request_header_size: usize,
+    /// Forward request header fields whose names contain `_` (default false: they are dropped,
+    /// as nginx does, because a backend may read `Content_Length` as `Content-Length`).
+    pub underscores_in_headers: bool,
     /// Size of Pingora's upstream keep-alive pool, one LRU shared by all backends (default
     /// 1024; 0 keeps no idle connection).
     pub max_idle_conns: usize,
@@ -213,6 +216,7 @@ impl Default for LoadBalancerConfig {
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
             max_request_header_size: 32 * 1024,
+            underscores_in_headers: false,
             max_idle_conns: 1024,
             max_idle_conns_per_host: 0,
             circuit_breaker_enabled: true,

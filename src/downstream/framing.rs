@@ -9,11 +9,13 @@
 //! - `Transfer-Encoding`: not in HTTP/1.0, and `chunked` exactly once and last (RFC 9112 §6.1,
 //!   §6.3), else 400; any other coding (`gzip, chunked`) is 501, because pingora would forward
 //!   the body as plain `chunked` with the coding dropped and not decoded.
+//! - Header names with `_` are dropped (as nginx does: a backend framework may read
+//!   `Content_Length` as `Content-Length`), unless `underscores_in_headers` keeps them.
 //!
 //! The header fields are parsed with the same parser and limits pingora uses (httparse,
 //! default settings, 256 fields), so both agree on which fields there are; a head httparse
 //! rejects is left to pingora, which refuses it. Nothing is allocated unless the head has to
-//! be rewritten (duplicates collapsed).
+//! be rewritten (duplicates collapsed or fields dropped).
 
 use std::fmt::Write;
 
@@ -65,8 +67,8 @@ impl Refusal {
 }
 
 /// Checks the request head in `buf[..head_end]` (the rest of `buf` is body or a next request)
-/// and rewrites it in place when fields are collapsed.
-pub fn check(buf: &mut BytesMut, head_end: usize) -> Result<(), Refusal> {
+/// and rewrites it in place when fields are collapsed or dropped.
+pub fn check(buf: &mut BytesMut, head_end: usize, keep_underscores: bool) -> Result<(), Refusal> {
     let Some(start) = buf[..head_end]
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -104,10 +106,18 @@ pub fn check(buf: &mut BytesMut, head_end: usize) -> Result<(), Refusal> {
         }
         None => found.length.is_some() && found.length_values > 1,
     };
-    if !collapse {
+    let drop_underscores = found.underscores && !keep_underscores;
+    if !collapse && !drop_underscores {
         return Ok(());
     }
-    let rewritten = rewrite(buf, fields_at, fields, found.length);
+    let rewritten = rewrite(
+        buf,
+        fields_at,
+        fields,
+        collapse,
+        drop_underscores,
+        found.length,
+    );
     *buf = rewritten;
     Ok(())
 }
@@ -121,6 +131,7 @@ struct Fields {
     /// How many `Content-Length` values there are, over all fields and lists.
     length_values: usize,
     codings: Option<Codings>,
+    underscores: bool,
 }
 
 impl Fields {
@@ -144,6 +155,8 @@ impl Fields {
                 for coding in list(field.value).filter(|c| !c.is_empty()) {
                     codings.add(coding);
                 }
+            } else if name.contains(&b'_') {
+                found.underscores = true;
             }
         }
         Ok(found)
@@ -196,11 +209,14 @@ fn decimal(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// The head with `Content-Length` collapsed to one field; everything else byte for byte.
+/// The head with `Content-Length` collapsed to one field and/or fields named with `_`
+/// dropped; everything else byte for byte.
 fn rewrite(
     buf: &BytesMut,
     fields_at: usize,
     fields: &[httparse::Header<'_>],
+    collapse: bool,
+    drop_underscores: bool,
     length: Option<u64>,
 ) -> BytesMut {
     let base = buf.as_ptr() as usize;
@@ -216,13 +232,14 @@ fn rewrite(
             .position(|&b| b == b'\n')
             .map_or(buf.len(), |p| line_start + p + 1);
         let name = field.name.as_bytes();
-        let is_length = name.eq_ignore_ascii_case(b"content-length");
+        let dropped = drop_underscores && name.contains(&b'_');
+        let is_length = collapse && name.eq_ignore_ascii_case(b"content-length");
         if is_length && !length_written {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             let _ = write!(out, "{}\r\n", length.unwrap_or(0));
             length_written = true;
-        } else if !is_length {
+        } else if !dropped && !is_length {
             out.extend_from_slice(&buf[line_start..line_end]);
         }
         at = line_end;
@@ -235,10 +252,10 @@ fn rewrite(
 mod tests {
     use super::*;
 
-    fn run(head: &str) -> Result<String, Refusal> {
+    fn run(head: &str, keep_underscores: bool) -> Result<String, Refusal> {
         let mut buf = BytesMut::from(head.as_bytes());
         let end = head.find("\r\n\r\n").map_or(head.len(), |i| i + 4);
-        check(&mut buf, end)?;
+        check(&mut buf, end, keep_underscores)?;
         Ok(String::from_utf8(buf.to_vec()).unwrap())
     }
 
@@ -268,7 +285,7 @@ mod tests {
             ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: Chunked\r\n\r\n", UnsupportedCoding),
         ];
         for (head, want) in cases {
-            assert_eq!(run(head), Err(want), "{head:?}");
+            assert_eq!(run(head, false), Err(want), "{head:?}");
         }
         assert_eq!(Refusal::UnsupportedCoding.status(), "501 Not Implemented");
         assert_eq!(Refusal::MissingHost.status(), "400 Bad Request");
@@ -293,9 +310,16 @@ mod tests {
                 "POST / HTTP/1.1\r\ncontent-length: 3\r\nHost: a\r\nContent-Length: 3 ,3\r\n\r\nabc",
                 "POST / HTTP/1.1\r\ncontent-length: 3\r\nHost: a\r\n\r\nabc",
             ),
+            // dropped, bare LF line ends kept
+            (
+                "GET / HTTP/1.1\nHost: a\nX_A: 1\nContent_Length: 9\nX-B: 2\n\r\n",
+                "GET / HTTP/1.1\nHost: a\nX-B: 2\n\r\n",
+            ),
         ];
         for (head, want) in cases {
-            assert_eq!(run(head).as_deref(), Ok(want), "{head:?}");
+            assert_eq!(run(head, false).as_deref(), Ok(want), "{head:?}");
         }
+        let kept = "GET / HTTP/1.1\r\nHost: a\r\nX_A: 1\r\n\r\n";
+        assert_eq!(run(kept, true).as_deref(), Ok(kept));
     }
 }

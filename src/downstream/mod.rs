@@ -11,11 +11,12 @@
 //!   client gets `408 Request Timeout` and the connection is closed;
 //! - a head larger than `max_request_header_size` gets `431 Request Header Fields Too Large`;
 //! - a head whose framing a backend could read differently from pingora gets 400 or 501
-//!   ([`framing`]: control bytes in the target, `Host`, `Content-Length`, `Transfer-Encoding`).
+//!   ([`framing`]: control bytes in the target, `Host`, `Content-Length`, `Transfer-Encoding`;
+//!   header names with `_` are dropped).
 //!
 //! Every refusal has a short plain-text body saying what is wrong and closes the connection;
 //! the request never reaches the proxy. The bytes read are handed to pingora's parser (as the
-//! session's pipelined prefix), unchanged unless [`framing`] collapsed a field, so
+//! session's pipelined prefix), unchanged unless [`framing`] collapsed or dropped a field, so
 //! nothing is copied on the common path. HTTP/2 sessions pass straight through.
 //!
 //! [`CountedApp`] counts open client connections for the metrics.
@@ -44,6 +45,9 @@ pub struct ClientLimits {
     pub idle_timeout: Duration,
     /// Largest request head in bytes (`max_request_header_size`).
     pub max_header_size: usize,
+    /// Keep header fields whose names contain `_` (`underscores_in_headers`); by default they
+    /// are dropped.
+    pub underscores_in_headers: bool,
 }
 
 /// Why a request head could not be read.
@@ -186,7 +190,8 @@ where
         let mut watch = shutdown.clone();
         let head = match read_head(&mut stream, &self.limits, &mut watch).await {
             Ok((mut head, end)) => {
-                if let Err(refusal) = framing::check(&mut head, end) {
+                let framed = framing::check(&mut head, end, self.limits.underscores_in_headers);
+                if let Err(refusal) = framed {
                     refuse(&mut stream, refusal.status(), Some(refusal.reason())).await;
                     return None;
                 }
