@@ -23,6 +23,8 @@ use bytes::BytesMut;
 
 /// Header fields pingora parses per request (its `MAX_HEADERS`).
 const MAX_HEADERS: usize = 256;
+/// Header fields parsed without the full array.
+const FEW_HEADERS: usize = 32;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +88,21 @@ pub fn check(buf: &mut BytesMut, head_end: usize, keep_underscores: bool) -> Res
     }
     let http11 = line.ends_with(b" HTTP/1.1");
 
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let Ok(httparse::Status::Complete((_, fields))) =
-        httparse::parse_headers(&buf[fields_at..head_end], &mut storage)
-    else {
-        return Ok(()); // pingora's parser refuses the same bytes
+    // Most heads have few fields: parse into a small array first, the full one only when it
+    // overflows (initialising 256 empty fields costs more than scanning a typical head).
+    let block = &buf[fields_at..head_end];
+    let mut small = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut all;
+    let fields = match httparse::parse_headers(block, &mut small) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        Err(httparse::Error::TooManyHeaders) => {
+            all = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(block, &mut all) {
+                Ok(httparse::Status::Complete((_, fields))) => fields,
+                _ => return Ok(()), // pingora's parser refuses the same bytes
+            }
+        }
+        _ => return Ok(()),
     };
     let found = Fields::scan(fields)?;
     if found.hosts > 1 {
@@ -287,12 +299,25 @@ mod tests {
         for (head, want) in cases {
             assert_eq!(run(head, false), Err(want), "{head:?}");
         }
+        let fields: String = (0..40).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{fields}Host: a\r\nHost: b\r\n\r\n");
+        assert_eq!(
+            run(&many, false),
+            Err(DuplicateHost),
+            "past the small array"
+        );
+        let fields: String = (0..300).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+        let left = run(&too_many, false);
+        assert_eq!(left, Ok(too_many), "left to pingora, which refuses it");
         assert_eq!(Refusal::UnsupportedCoding.status(), "501 Not Implemented");
         assert_eq!(Refusal::MissingHost.status(), "400 Bad Request");
     }
 
     #[test]
     fn accepted_heads_are_untouched_or_rewritten() {
+        let fields: String = (0..40).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let many_fields = format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
         let cases = [
             // untouched
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", "GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"),
@@ -303,6 +328,8 @@ mod tests {
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\nContent-Length: 1, 1\r\n\r\n",
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\nContent-Length: 1, 1\r\n\r\n",
             ),
+            // more fields than the small array holds
+            (&many_fields, &many_fields),
             // a head httparse refuses is left to pingora
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
             // collapsed
