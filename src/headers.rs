@@ -1,6 +1,12 @@
-//! Request headers Fulcrum adds or reads: `X-Forwarded-*`, `X-Request-Id`, cookies.
+//! Request headers Fulcrum adds or reads: `X-Forwarded-*`, `X-Real-IP`, `Forwarded`,
+//! `X-Request-Id`, cookies.
 //!
 //! Pure functions over pingora's header types; the proxy calls them from its filters.
+//!
+//! Forwarded headers ([`write_forwarded`]) are believed only from a trusted proxy (as Traefik
+//! does by default): from anyone else a client's own `X-Forwarded-For`, `X-Forwarded-Proto`,
+//! `X-Forwarded-Host`, `X-Real-IP` and `Forwarded` are dropped and Fulcrum writes its own, so a
+//! backend reading the left-most `X-Forwarded-For` entry cannot be spoofed.
 
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -9,7 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
 
+use crate::client::TrustedProxies;
 use crate::rng::mix;
+
+/// Headers only a trusted proxy may send; from anyone else they are dropped.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
 
 /// Unique request ids: a random per-process prefix and a scrambled counter, 32 hex digits.
 #[derive(Debug)]
@@ -57,6 +73,57 @@ fn write_hex(out: &mut [u8], v: u64) {
 pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// Rewrites the forwarded headers of `upstream` (a copy of the client's request) for the
+/// backend.
+///
+/// From a trusted proxy (`peer` in `trusted`): `X-Forwarded-For` is its list with `peer`
+/// appended, its `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are kept (ours are
+/// written when it sent none), and `X-Real-IP` is `client`, the address it vouches for.
+///
+/// From anyone else (or an unknown peer): all five are dropped, then `X-Forwarded-For` and
+/// `X-Real-IP` are the peer, `X-Forwarded-Proto` is `scheme` and `X-Forwarded-Host` is the
+/// request's `Host`.
+pub fn write_forwarded(
+    upstream: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
+    trusted: &TrustedProxies,
+    scheme: &'static str,
+) -> pingora::Result<()> {
+    let Some(peer) = peer.filter(|p| trusted.trusts(p)) else {
+        for name in FORWARDED_HEADERS {
+            upstream.remove_header(name);
+        }
+        if let Some(peer) = peer {
+            let ip = HeaderValue::try_from(peer.to_string()).map_err(header_error)?;
+            upstream.insert_header("X-Real-IP", ip.clone())?;
+            upstream.insert_header("X-Forwarded-For", ip)?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", scheme)?;
+        if let Some(host) = forwarded_host(upstream) {
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+        return Ok(());
+    };
+    upstream.insert_header("X-Forwarded-For", forwarded_for(upstream, peer))?;
+    if let Some(client) = client {
+        upstream.insert_header("X-Real-IP", client.to_string())?;
+    }
+    if !upstream.headers.contains_key("x-forwarded-proto") {
+        upstream.insert_header("X-Forwarded-Proto", scheme)?;
+    }
+    if !upstream.headers.contains_key("x-forwarded-host") {
+        if let Some(host) = forwarded_host(upstream) {
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+    }
+    Ok(())
+}
+
+fn header_error(e: http::header::InvalidHeaderValue) -> Box<pingora::Error> {
+    pingora::Error::because(pingora::ErrorType::InternalError, "forwarded header", e)
 }
 
 /// `X-Forwarded-For` for the upstream request: the client's list with `peer` appended.
@@ -157,6 +224,83 @@ mod tests {
             }
             assert_eq!(forwarded_for(&req, client), *want, "{existing:?}");
             assert_eq!(forwarded_for_values(&req).count(), existing.len());
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_are_believed_only_from_trusted_proxies() {
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        const SPOOFED: [(&str, &str); 5] = [
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+        ];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // (peer, client, sent, want: for, proto, host, real ip, forwarded)
+        type Want = [Option<&'static str>; 5];
+        type Case<'a> = (
+            Option<IpAddr>,
+            Option<IpAddr>,
+            &'a [(&'a str, &'a str)],
+            Want,
+        );
+        let cases: &[Case] = &[
+            (
+                ip("198.51.100.1"),
+                ip("198.51.100.1"),
+                &SPOOFED,
+                [
+                    Some("198.51.100.1"),
+                    Some("http"),
+                    Some("shop.example"),
+                    Some("198.51.100.1"),
+                    None,
+                ],
+            ),
+            (
+                ip("10.0.0.1"),
+                ip("6.6.6.6"),
+                &SPOOFED,
+                [
+                    Some("6.6.6.6, 10.0.0.1"),
+                    Some("https"),
+                    Some("evil.example"),
+                    Some("6.6.6.6"),
+                    Some("for=6.6.6.6"),
+                ],
+            ),
+            (
+                ip("10.0.0.1"),
+                ip("10.0.0.1"),
+                &[],
+                [
+                    Some("10.0.0.1"),
+                    Some("http"),
+                    Some("shop.example"),
+                    Some("10.0.0.1"),
+                    None,
+                ],
+            ),
+            (
+                None,
+                None,
+                &SPOOFED,
+                [None, Some("http"), Some("shop.example"), None, None],
+            ),
+        ];
+        for (peer, client, sent, want) in cases {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("Host", "shop.example").unwrap();
+            for (k, v) in *sent {
+                req.append_header(*k, *v).unwrap();
+            }
+            write_forwarded(&mut req, *peer, *client, &trusted, "http").unwrap();
+            for (name, want) in FORWARDED_HEADERS.iter().zip(want) {
+                let got: Vec<_> = req.headers.get_all(*name).iter().collect();
+                assert_eq!(got, want.iter().collect::<Vec<_>>(), "{name} from {peer:?}");
+            }
         }
     }
 

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod breaker;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod downstream;

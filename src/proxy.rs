@@ -39,9 +39,10 @@ use crate::access_log::{AccessEntry, AccessLog};
 use crate::backend::{BackendSet, BackendState};
 use crate::balance::{Balancer, RequestKey};
 use crate::breaker::StatusSet;
-use crate::headers::{forwarded_for, forwarded_for_values, forwarded_host, RequestIds};
+use crate::client::TrustedProxies;
+use crate::headers::{forwarded_for_values, write_forwarded, RequestIds};
 use crate::metrics::{Metrics, RequestRecord};
-use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::ratelimit::RateLimiter;
 use crate::responses;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::time::rfc3339;
@@ -321,20 +322,17 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(peer) = ctx.peer_ip {
-            upstream.insert_header("X-Forwarded-For", forwarded_for(session.req_header(), peer))?;
-        }
-        upstream.insert_header("X-Forwarded-Proto", self.settings.scheme)?;
-        match forwarded_host(session.req_header()) {
-            Some(h) => upstream.insert_header("X-Forwarded-Host", h)?,
-            None => {
-                upstream.remove_header("X-Forwarded-Host");
-            }
-        }
+        write_forwarded(
+            upstream,
+            ctx.peer_ip,
+            ctx.client_ip,
+            &self.settings.trusted_proxies,
+            self.settings.scheme,
+        )?;
         if let Some(id) = &ctx.request_id {
             upstream.insert_header("X-Request-Id", id.clone())?;
         }

@@ -1,25 +1,30 @@
-//! Per-client rate limiting, and who the client is.
+//! Per-client rate limiting.
 //!
 //! [`RateLimiter`]: `rate_limit: {requests_per_second: R, burst: B}` allows each client IP about
-//! `B` requests in a sliding window of `B / R` seconds (`B` is raised to `R` if smaller): a burst
-//! of `B` at once, `R` per second sustained, like a token bucket of size `B` refilled at `R`/s.
-//! The window is estimated from two fixed intervals (pingora-limits' proportional estimate), so
-//! a client that times its requests to an interval boundary can get up to about `2B` through in
-//! one window. Counts live in
-//! pingora-limits' [`Rate`], a fixed-size lock-free count-min sketch: memory does not grow with
-//! the number of clients, and a hash collision can only over-count (limit a client early), never
-//! let one through. Refused requests are not counted, so a client that backs off gets back in.
+//! `B` requests in a sliding window of `B / R` seconds (`B` is raised to `R` if smaller, so a
+//! window is at least a second): a burst of `B` at once, `R` per second sustained, like a token
+//! bucket of size `B` refilled at `R`/s. The window is estimated from two fixed intervals (the
+//! previous interval's count weighted by how much of it the window still covers, plus the
+//! current one's), so a client that times its requests to an interval boundary can get up to
+//! about `2B` through in one window. Counts live in two of pingora-limits' [`Estimator`]s, fixed-size
+//! lock-free count-min sketches: memory does not grow with the number of clients, and a hash
+//! collision can only over-count (limit a client early), never let one through. Refused
+//! requests are not counted, so a client that backs off gets back in.
 //!
-//! [`TrustedProxies`]: the client is the socket peer, unless the peer is a trusted proxy; then it
-//! is the right-most `X-Forwarded-For` entry that is not itself trusted. A client can put
-//! anything in its own `X-Forwarded-For`, so entries left of the first untrusted one are never
-//! believed.
+//! The intervals are rotated here rather than by pingora-limits' `Rate`, whose rotation
+//! subtracts a clock reading taken before another thread's rotation from that rotation's
+//! timestamp (an overflow panic in debug builds, both intervals wiped in release ones) and
+//! asserts that a thread which lost the race read the clock within a second of the winner.
+//! Here a late clock reading is simply counted in the newest interval: no arithmetic on clock
+//! readings can overflow, and nothing asserts.
+//!
+//! Who the client is (the key counted) is decided in [`crate::client`].
 
 use std::net::IpAddr;
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use pingora_limits::rate::Rate;
+use pingora_limits::estimator::Estimator;
 
 /// Count-min sketch rows.
 const SKETCH_HASHES: usize = 4;
@@ -42,15 +47,20 @@ pub struct Decision {
 
 /// Requests per sliding window, per client IP.
 pub struct RateLimiter {
-    rate: Rate,
+    /// Interval `n` (counted from `start` in steps of `interval_ms`) counts into
+    /// `slots[n % 2]`; the other slot holds interval `n - 1`.
+    slots: [Estimator; 2],
+    /// The newest interval any request has seen.
+    newest: AtomicU64,
+    start: Instant,
+    interval_ms: u64,
     burst: u64,
     window: Duration,
 }
 
 impl RateLimiter {
     /// A limiter allowing `burst` requests per `burst / requests_per_second` seconds. A `burst`
-    /// below `requests_per_second` is raised to it: pingora-limits' estimator needs windows of
-    /// at least a second (its interval reset asserts on shorter ones).
+    /// below `requests_per_second` is raised to it, so a window is at least a second.
     pub fn new(requests_per_second: u32, burst: u32) -> Result<Self, String> {
         if requests_per_second == 0 || burst == 0 {
             return Err("requests_per_second and burst must be at least 1".into());
@@ -58,7 +68,13 @@ impl RateLimiter {
         let burst = burst.max(requests_per_second);
         let window = Duration::from_secs_f64(f64::from(burst) / f64::from(requests_per_second));
         Ok(Self {
-            rate: Rate::new_with_estimator_config(window, SKETCH_HASHES, SKETCH_SLOTS),
+            slots: [
+                Estimator::new(SKETCH_HASHES, SKETCH_SLOTS),
+                Estimator::new(SKETCH_HASHES, SKETCH_SLOTS),
+            ],
+            newest: AtomicU64::new(0),
+            start: Instant::now(),
+            interval_ms: u64::try_from(window.as_millis()).map_or(u64::MAX, |ms| ms.max(1)),
             burst: u64::from(burst),
             window,
         })
@@ -71,13 +87,53 @@ impl RateLimiter {
 
     /// Decides for one request from `client`, counting it when allowed.
     pub fn check(&self, client: &IpAddr) -> Decision {
-        let used = self.rate.rate_with(client, |c| {
-            c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
-        });
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.check_at(client, now_ms)
+    }
+
+    /// [`Self::check`] at `now_ms` milliseconds after the limiter was made. Readings may arrive
+    /// out of order (a thread descheduled between reading the clock and counting): a reading
+    /// older than the newest interval counts in the newest interval.
+    fn check_at(&self, client: &IpAddr, now_ms: u64) -> Decision {
+        let n = self.advance(now_ms / self.interval_ms);
+        let into = now_ms.saturating_sub(n.saturating_mul(self.interval_ms));
+        let fraction = (into as f64 / self.interval_ms as f64).min(1.0);
+        let current = &self.slots[slot(n)];
+        let previous = self.slots[1 - slot(n)].get(client).max(0) as f64;
+        let used = previous * (1.0 - fraction) + current.get(client).max(0) as f64;
         decide(used, self.burst, self.window, || {
-            self.rate.observe(client, 1);
+            current.incr(client, 1);
         })
     }
+
+    /// Moves to interval `n` if it is newer than the newest seen, clearing the slots whose
+    /// counts it makes stale; returns the interval to count in (`n`, or a newer one).
+    fn advance(&self, n: u64) -> u64 {
+        let mut seen = self.newest.load(Ordering::Acquire);
+        while n > seen {
+            match self
+                .newest
+                .compare_exchange_weak(seen, n, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    // Interval n's slot held interval n - 2 or older. The other slot holds
+                    // n - 1 only if that was the newest interval; otherwise it is stale too.
+                    self.slots[slot(n)].reset();
+                    if n - seen > 1 {
+                        self.slots[1 - slot(n)].reset();
+                    }
+                    return n;
+                }
+                Err(actual) => seen = actual,
+            }
+        }
+        seen
+    }
+}
+
+/// The slot interval `n` counts in.
+fn slot(n: u64) -> usize {
+    (n & 1) as usize
 }
 
 /// The pure decision: `used` requests (estimated) already in the window.
@@ -100,129 +156,6 @@ fn decide(used: f64, burst: u64, window: Duration, count: impl FnOnce()) -> Deci
             retry_after,
         }
     }
-}
-
-/// An IPv4 or IPv6 network, `10.0.0.0/8` or `::1/128` (a bare address means a single host).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        let ip = canonical(*ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr = canonical(
-            addr.trim()
-                .parse::<IpAddr>()
-                .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?,
-        );
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.trim().parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("{s:?}: prefix length must be 0 to {max}")),
-            },
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-/// The networks whose `X-Forwarded-For` Fulcrum believes (`trusted_proxies`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies {
-    networks: Vec<Cidr>,
-}
-
-impl TrustedProxies {
-    /// Trusts these networks.
-    pub fn new(networks: Vec<Cidr>) -> Self {
-        Self { networks }
-    }
-
-    /// Whether `ip` is a trusted proxy.
-    pub fn trusts(&self, ip: &IpAddr) -> bool {
-        self.networks.iter().any(|n| n.contains(ip))
-    }
-
-    /// The client's address: `peer`, or when `peer` is trusted, the right-most entry of the
-    /// `X-Forwarded-For` values (in header order) that is not trusted. Unparsable entries stop
-    /// the walk: everything left of them is the client's own claim.
-    pub fn client_ip<'a>(
-        &self,
-        peer: IpAddr,
-        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
-    ) -> IpAddr {
-        if self.networks.is_empty() || !self.trusts(&peer) {
-            return peer;
-        }
-        let mut client = peer;
-        for entry in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
-            match parse_forwarded_ip(entry) {
-                Some(ip) => {
-                    client = ip;
-                    if !self.trusts(&ip) {
-                        return ip;
-                    }
-                }
-                None => return client,
-            }
-        }
-        client
-    }
-}
-
-/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
-fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
-    let e = entry.trim();
-    if let Ok(ip) = e.parse::<IpAddr>() {
-        return Some(canonical(ip));
-    }
-    if let Ok(sa) = e.parse::<std::net::SocketAddr>() {
-        return Some(canonical(sa.ip()));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -274,56 +207,76 @@ mod tests {
         );
     }
 
-    #[test]
-    fn parses_and_matches_cidrs() {
-        let cases = [
-            ("10.0.0.0/8", "10.255.1.2", true),
-            ("10.0.0.0/8", "11.0.0.1", false),
-            ("192.168.1.7", "192.168.1.7", true),
-            ("192.168.1.7", "192.168.1.8", false),
-            ("0.0.0.0/0", "8.8.8.8", true),
-            ("::1/128", "::1", true),
-            ("fd00::/8", "fd12::1", true),
-            ("10.0.0.0/8", "::ffff:10.1.1.1", true),
-            ("10.0.0.0/8", "fd00::1", false),
-        ];
-        for (net, ip, want) in cases {
-            let c: Cidr = net.parse().unwrap();
-            assert_eq!(c.contains(&ip.parse().unwrap()), want, "{net} ∋ {ip}");
-        }
-        assert_eq!(
-            "10.1.0.0/16".parse::<Cidr>().unwrap().to_string(),
-            "10.1.0.0/16"
-        );
-        assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
-        for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x", ""] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
+    /// Requests allowed out of `tries` from `ip` at `now_ms`.
+    fn allowed_at(limiter: &RateLimiter, ip: &IpAddr, now_ms: u64, tries: usize) -> usize {
+        (0..tries)
+            .filter(|_| limiter.check_at(ip, now_ms).allowed)
+            .count()
     }
 
     #[test]
-    fn client_ip_walks_forwarded_for_from_the_right() {
-        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
-        let peer_trusted: IpAddr = "10.0.0.1".parse().unwrap();
-        let peer_untrusted: IpAddr = "198.51.100.1".parse().unwrap();
-        let cases: &[(IpAddr, &[&str], &str)] = &[
-            (peer_untrusted, &["1.2.3.4"], "198.51.100.1"),
-            (peer_trusted, &[], "10.0.0.1"),
-            (peer_trusted, &["1.2.3.4"], "1.2.3.4"),
-            (peer_trusted, &["6.6.6.6, 1.2.3.4"], "1.2.3.4"),
-            (peer_trusted, &["6.6.6.6, 1.2.3.4, 10.0.0.9"], "1.2.3.4"),
-            (peer_trusted, &["6.6.6.6", "1.2.3.4:5678"], "1.2.3.4"),
-            (peer_trusted, &["garbage, 10.0.0.9"], "10.0.0.9"),
-            (peer_trusted, &["10.0.0.8, 10.0.0.9"], "10.0.0.8"),
-        ];
-        for (peer, xff, want) in cases {
-            let got = trusted.client_ip(*peer, xff.iter().copied());
-            assert_eq!(got.to_string(), *want, "{peer} {xff:?}");
-        }
-        let none = TrustedProxies::default();
+    fn the_window_slides_over_two_intervals() {
+        let limiter = RateLimiter::new(10, 10).unwrap(); // 10 per second, 1 s intervals
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(allowed_at(&limiter, &ip, 0, 30), 10);
+        assert_eq!(allowed_at(&limiter, &ip, 999, 5), 0);
+        // half-way through the next interval half of the previous one still counts
+        assert_eq!(allowed_at(&limiter, &ip, 1500, 30), 5);
+        // at the start of interval 2, interval 1's five weigh fully and interval 0 is gone
+        assert_eq!(allowed_at(&limiter, &ip, 2000, 30), 5);
         assert_eq!(
-            none.client_ip(peer_trusted, ["1.2.3.4"].into_iter()),
-            peer_trusted
+            allowed_at(&limiter, &ip, 9000, 30),
+            10,
+            "both stale intervals cleared"
         );
+    }
+
+    /// pingora-limits' `Rate` panics when a thread's clock reading is older than another
+    /// thread's interval reset (`now - last_reset` underflows) or more than a second older
+    /// than the winning reset (`assert!(new >= now - 1000)`). Readings arriving out of order
+    /// are driven here directly: they must neither panic nor reopen the window.
+    #[test]
+    fn late_clock_readings_neither_panic_nor_reset_the_window() {
+        let limiter = RateLimiter::new(10, 10).unwrap();
+        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(allowed_at(&limiter, &ip, 5_000, 10), 10);
+        // read before the reset to interval 5, by 1 ms and by more than a second
+        assert_eq!(allowed_at(&limiter, &ip, 4_999, 10), 0);
+        assert_eq!(allowed_at(&limiter, &ip, 3_500, 10), 0);
+        assert_eq!(allowed_at(&limiter, &ip, 0, 10), 0);
+        assert_eq!(
+            limiter.newest.load(Ordering::Relaxed),
+            5,
+            "no step back in time"
+        );
+        // the clock's extremes
+        assert_eq!(allowed_at(&limiter, &ip, u64::MAX, 30), 10);
+        assert_eq!(allowed_at(&limiter, &ip, 7_000, 1), 0);
+        let other: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(limiter.check_at(&other, 7_000).allowed);
+    }
+
+    #[test]
+    fn concurrent_out_of_order_readings_never_panic() {
+        let limiter = RateLimiter::new(100, 100).unwrap();
+        let ip: IpAddr = "192.0.2.4".parse().unwrap();
+        let allowed = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (limiter, allowed) = (&limiter, &allowed);
+                s.spawn(move || {
+                    // each thread's clock runs from a different start, crossing the others'
+                    for i in 0..2_000u64 {
+                        let now = (t * 300 + i * 7) % 5_000;
+                        if limiter.check_at(&ip, now).allowed {
+                            allowed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // 5 s of clock readings at 100 per window: at most about 2 windows' worth per interval
+        let allowed = allowed.load(Ordering::Relaxed);
+        assert!((100..=1_000).contains(&allowed), "{allowed}");
     }
 }

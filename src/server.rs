@@ -21,12 +21,13 @@ use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
 use crate::balance::{BalanceConfig, Balancer, RequestKey};
 use crate::breaker::StatusSet;
+use crate::client::TrustedProxies;
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{CountedApp, GuardedApp};
 use crate::health::ActiveHealthCheck;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::ratelimit::{RateLimiter, TrustedProxies};
+use crate::ratelimit::RateLimiter;
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 

@@ -89,6 +89,7 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
                 header_timeout: cfg.client_header_timeout,
                 idle_timeout: cfg.client_idle_timeout,
                 max_header_size: cfg.max_request_header_size,
+                underscores_in_headers: cfg.underscores_in_headers,
             },
             server_conf: cfg.server_conf()?,
             admin_token: cfg.admin_token()?,

@@ -51,7 +51,8 @@ fn a_gateway_error_with_nowhere_left_to_retry_is_passed_through_unblamed() {
 }
 
 /// With one backend, it is the last one left: a retry goes back to it after the backoff, up to
-/// `max_retries`, and its final answer reaches the client.
+/// `max_retries`, and its final answer reaches the client. (The wait itself is full jitter,
+/// `[0, ceiling]`, checked in the retry module's tests.)
 #[test]
 fn the_only_backend_is_retried_after_the_backoff() {
     let b = backends(&[("solo", 0)]);
@@ -62,12 +63,7 @@ fn the_only_backend_is_retried_after_the_backoff() {
     cfg.retry_budget_percent = 100;
     let lb = start(cfg);
     b[0].set_status(503);
-    let started = std::time::Instant::now();
     let r = get(lb.listen_addr(), "/");
     assert_eq!((r.status, r.header("x-backend-id")), (503, Some("solo")));
     assert_eq!(b[0].hits(), 3, "the first attempt and two retries");
-    assert!(
-        started.elapsed() >= Duration::from_millis(40),
-        "retries wait the backoff"
-    );
 }

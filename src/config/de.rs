@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::balance::HashKey;
-use crate::ratelimit::Cidr;
+use crate::client::Cidr;
 
 /// An empty value (`key:` with nothing after it) is the type's default.
 pub(super) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>

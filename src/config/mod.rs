@@ -54,7 +54,7 @@ use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_defaul
 use self::error::describe_yaml_error;
 use crate::backend::BackendServer;
 use crate::balance::{HashKey, Strategy};
-use crate::ratelimit::Cidr;
+use crate::client::Cidr;
 
 /// Largest accepted `max_retries`.
 pub const MAX_RETRIES_LIMIT: u32 = 10;
@@ -156,6 +156,9 @@ pub struct LoadBalancerConfig {
     /// Largest request head accepted, in bytes; a larger one gets 431 (default 32768, within
     /// [`REQUEST_HEADER_SIZE_RANGE`]).
     pub max_request_header_size: usize,
+    /// Forward request header fields whose names contain `_` (default false: they are dropped,
+    /// as nginx does, because a backend may read `Content_Length` as `Content-Length`).
+    pub underscores_in_headers: bool,
     /// Size of Pingora's upstream keep-alive pool, one LRU shared by all backends (default
     /// 1024; 0 keeps no idle connection).
     pub max_idle_conns: usize,
@@ -222,6 +225,7 @@ impl Default for LoadBalancerConfig {
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
             max_request_header_size: 32 * 1024,
+            underscores_in_headers: false,
             max_idle_conns: 1024,
             max_idle_conns_per_host: 0,
             circuit_breaker_enabled: true,

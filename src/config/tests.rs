@@ -54,6 +54,7 @@ connect_timeout: 2s
 client_header_timeout: 5s
 client_idle_timeout: 2m
 max_request_header_size: 16384
+underscores_in_headers: true
 max_idle_conns: 200
 max_idle_conns_per_host: 0
 circuit_breaker_enabled: false
@@ -124,6 +125,7 @@ fn full_yaml_parses_to_the_expected_struct() {
         client_header_timeout: Duration::from_secs(5),
         client_idle_timeout: Duration::from_secs(120),
         max_request_header_size: 16384,
+        underscores_in_headers: true,
         max_idle_conns: 200,
         max_idle_conns_per_host: 0,
         circuit_breaker_enabled: false,

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::balance::{HashKey, Strategy};
+use crate::client::Cidr;
 use crate::config::testutil::{
     assert_one_error_contains, errors_of, every_key_config, scalar_keys,
 };
-use crate::ratelimit::Cidr;
 
 fn load(yaml: &str, vars: &[(&str, &str)]) -> Result<LoadBalancerConfig, ConfigError> {
     LoadBalancerConfig::from_yaml_str_with_env(yaml, vars.iter().copied())
@@ -40,7 +40,8 @@ fn each_variable_writes_the_key_it_names() {
         enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h enable_ssl=yes \
         ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem request_timeout=1m \
         connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
-        max_request_header_size=65536 max_idle_conns=64 max_idle_conns_per_host=8 \
+        max_request_header_size=65536 underscores_in_headers=true max_idle_conns=64 \
+        max_idle_conns_per_host=8 \
         circuit_breaker_enabled=off circuit_breaker.failure_threshold=9 \
         circuit_breaker.recovery_threshold=8 circuit_breaker.timeout=2m \
         circuit_breaker.half_open_max_calls=4 circuit_breaker.failure_status_codes=502,429 \

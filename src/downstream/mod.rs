@@ -9,10 +9,15 @@
 //!   that sends nothing is closed);
 //! - from the first byte, the complete head must arrive within `client_header_timeout`, else the
 //!   client gets `408 Request Timeout` and the connection is closed;
-//! - a head larger than `max_request_header_size` gets `431 Request Header Fields Too Large`.
+//! - a head larger than `max_request_header_size` gets `431 Request Header Fields Too Large`;
+//! - a head whose framing a backend could read differently from pingora gets 400 or 501
+//!   ([`framing`]: control bytes in the target, `Host`, `Content-Length`, `Transfer-Encoding`;
+//!   header names with `_` are dropped).
 //!
-//! The bytes read are handed to pingora's parser unchanged (as the session's pipelined prefix),
-//! so nothing is parsed twice and nothing is copied. HTTP/2 sessions pass straight through.
+//! Every refusal has a short plain-text body saying what is wrong and closes the connection;
+//! the request never reaches the proxy. The bytes read are handed to pingora's parser (as the
+//! session's pipelined prefix), unchanged unless [`framing`] collapsed or dropped a field, so
+//! nothing is copied on the common path. HTTP/2 sessions pass straight through.
 //!
 //! [`CountedApp`] counts open client connections for the metrics.
 
@@ -29,6 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::metrics::Metrics;
 
+pub mod framing;
+
 /// Limits on what clients send (from the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -38,6 +45,9 @@ pub struct ClientLimits {
     pub idle_timeout: Duration,
     /// Largest request head in bytes (`max_request_header_size`).
     pub max_header_size: usize,
+    /// Keep header fields whose names contain `_` (`underscores_in_headers`); by default they
+    /// are dropped.
+    pub underscores_in_headers: bool,
 }
 
 /// Why a request head could not be read.
@@ -86,12 +96,13 @@ fn head_end_from(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Reads one request head (and whatever follows it in the same reads).
+/// Reads one request head (and whatever follows it in the same reads); returns the bytes and
+/// where the head ends in them.
 async fn read_head(
     stream: &mut Stream,
     limits: &ClientLimits,
     shutdown: &mut ShutdownWatch,
-) -> Result<BytesMut, HeadError> {
+) -> Result<(BytesMut, usize), HeadError> {
     let mut buf = BytesMut::with_capacity(4096);
     let first = tokio::select! {
         biased;
@@ -116,7 +127,7 @@ async fn read_head(
         scanned = buf.len().max(3);
         match end {
             Some(end) if end > limits.max_header_size => return Err(HeadError::TooLarge),
-            Some(_) => return Ok(buf),
+            Some(end) => return Ok((buf, end)),
             None => {}
         }
         if buf.len() > limits.max_header_size {
@@ -130,9 +141,13 @@ async fn read_head(
     }
 }
 
-/// Answers a request that never made it to the proxy, and closes.
-async fn refuse(stream: &mut Stream, status: &str) {
-    let body = format!("{status}\n");
+/// Answers a request that never made it to the proxy, and closes: `status` is the status
+/// line's code and reason, `detail` (if any) says what was wrong.
+async fn refuse(stream: &mut Stream, status: &str, detail: Option<&str>) {
+    let body = match detail {
+        Some(detail) => format!("{status}: {detail}\n"),
+        None => format!("{status}\n"),
+    };
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -174,13 +189,20 @@ where
         let mut stream = h1.into_inner();
         let mut watch = shutdown.clone();
         let head = match read_head(&mut stream, &self.limits, &mut watch).await {
-            Ok(head) => head,
+            Ok((mut head, end)) => {
+                let framed = framing::check(&mut head, end, self.limits.underscores_in_headers);
+                if let Err(refusal) = framed {
+                    refuse(&mut stream, refusal.status(), Some(refusal.reason())).await;
+                    return None;
+                }
+                head
+            }
             Err(HeadError::TooSlow) => {
-                refuse(&mut stream, "408 Request Timeout").await;
+                refuse(&mut stream, "408 Request Timeout", None).await;
                 return None;
             }
             Err(HeadError::TooLarge) => {
-                refuse(&mut stream, "431 Request Header Fields Too Large").await;
+                refuse(&mut stream, "431 Request Header Fields Too Large", None).await;
                 return None;
             }
             Err(HeadError::Gone) => return None,
