@@ -12,6 +12,10 @@ use fulcrum::demo::DemoBackend;
 use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
 
+mod client;
+#[allow(unused_imports)]
+pub use client::KeptAlive;
+
 /// Starts one demo backend per `(id, latency_ms)`.
 pub fn backends(specs: &[(&str, u64)]) -> Vec<DemoBackend> {
     specs
