@@ -13,8 +13,11 @@ use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
 
 mod client;
+mod raw_backend;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
+#[allow(unused_imports)]
+pub use raw_backend::{RawBackend, RawMode, Seen};
 
 /// Starts one demo backend per `(id, latency_ms)`.
 pub fn backends(specs: &[(&str, u64)]) -> Vec<DemoBackend> {
