@@ -254,3 +254,31 @@ pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
         .map(|s| s["health"].as_str().unwrap().to_string())
         .unwrap_or_default()
 }
+
+/// Calls the admin API: `method path` with an optional JSON `body` and bearer `token`.
+pub fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let len = body.map_or(0, |b| b.len()).to_string();
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {len}\r\n"
+    );
+    if let Some(a) = &auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    stream.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_response(&raw).expect("response")
+}
