@@ -1,5 +1,8 @@
 //! Shared test harness: real demo backends on 127.0.0.1:0, a real Fulcrum started in-process,
 //! and a small blocking HTTP/1.1 client that can bind its source address to any 127.0.0.x.
+//! Also: a kept-alive client connection ([`KeptAlive`]), a backend that records what it read
+//! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
+//! way a test skips when an external tool is missing ([`tools_present`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -281,4 +284,43 @@ pub fn admin_call(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read");
     parse_response(&raw).expect("response")
+}
+
+/// Whether the calling test has the external tools it needs; `missing` names each one that is
+/// not there and how to get it. When something is missing the test cannot run:
+/// - with `CI` set it fails (CI installs every tool, so a skip there would hide a regression);
+/// - otherwise a `SKIPPED <test>: missing ...` line is written straight to the process's
+///   stderr, which `cargo test` shows (libtest captures `print!`/`eprintln!` of a passing test,
+///   not direct writes), and this returns false so the test returns early.
+///
+/// Every test that needs a tool outside Rust starts with
+/// `if !tools_present(...) { return; }`, so a skip always looks the same.
+pub fn tools_present(missing: impl IntoIterator<Item = String>) -> bool {
+    let missing: Vec<String> = missing.into_iter().collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    let what = missing.join("; ");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set but the test cannot run; missing: {what}"
+    );
+    let line = format!("SKIPPED {test}: missing {what} (with CI set this fails instead)\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    false
+}
+
+/// `program` and how to install it (`how`), unless `program --version` runs and succeeds.
+pub fn missing_program(program: &str, how: &str) -> Option<String> {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!runs).then(|| format!("`{program}` on PATH ({how})"))
 }
