@@ -9,8 +9,8 @@
 //! changes a tracked file).
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `$CHROMIUM`) and `npm ci` in `tests/dashboard`. Without
-//! them the test is skipped with a notice, unless `CI` is set, where it fails (`.ci/run` installs
-//! them).
+//! them the test is skipped with a notice `cargo test` shows, unless `CI` is set, where it fails
+//! (`.ci/run` installs them; see `common::tools_present`).
 
 mod common;
 
@@ -33,14 +33,10 @@ fn chromium() -> PathBuf {
 /// What is missing to run the browser test, if anything.
 fn missing_prerequisites(dir: &Path) -> Vec<String> {
     let mut missing = Vec::new();
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        missing.push("`node` on PATH (apt-get install nodejs npm)".to_string());
-    }
+    missing.extend(common::missing_program(
+        "node",
+        "apt-get install nodejs npm",
+    ));
     let chromium = chromium();
     if !chromium.is_file() {
         missing.push(format!("{} (apt-get install chromium)", chromium.display()));
@@ -103,13 +99,7 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
 fn dashboard_shows_live_traffic_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/dashboard");
-    let missing = missing_prerequisites(&dir);
-    if !missing.is_empty() {
-        let what = missing.join("; ");
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but the dashboard browser test cannot run; missing: {what}");
-        }
-        eprintln!("SKIPPED dashboard browser test: missing {what}");
+    if !common::tools_present(missing_prerequisites(&dir)) {
         return;
     }
 

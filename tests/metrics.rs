@@ -3,7 +3,8 @@
 //! server scrapes the admin listener.
 //!
 //! `promtool` and `prometheus` come from Debian's `prometheus` package. Without them the last two
-//! tests print a skip notice, or fail when `CI` is set.
+//! tests are skipped with a notice `cargo test` shows, or fail when `CI` is set (see
+//! `common::tools_present`).
 
 mod common;
 
@@ -20,28 +21,8 @@ use fulcrum::server::RunningLoadBalancer;
 use fulcrum::Strategy;
 use serde_json::Value;
 
-/// Whether `name` runs; if not, fails under `CI` and prints a skip notice otherwise.
-fn tool_available(name: &str) -> bool {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let how = "apt-get install -y --no-install-recommends prometheus";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is not installed but CI is set; install it with `{how}`"
-        );
-        // straight to stderr: libtest captures eprintln! of passing tests
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name} is not installed (`{how}`); set CI=1 to make this a failure"
-        );
-    }
-    found
-}
+/// How to get `promtool` and `prometheus`.
+const PROMETHEUS_PACKAGE: &str = "apt-get install -y --no-install-recommends prometheus";
 
 /// Waits for `child` at most `limit`; kills it when the time is up.
 fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -299,7 +280,7 @@ fn json_and_text_agree_with_what_was_sent() {
 
 #[test]
 fn promtool_finds_nothing_to_lint() {
-    if !tool_available("promtool") {
+    if !tools_present(missing_program("promtool", PROMETHEUS_PACKAGE)) {
         return;
     }
     let b = backends(&[("web1", 0), ("web2", 2)]);
@@ -405,7 +386,7 @@ fn wait_for_sum(prom: SocketAddr, want: f64, scratch: &mut Scratch) {
 
 #[test]
 fn a_real_prometheus_scrapes_fulcrum() {
-    if !tool_available("prometheus") {
+    if !tools_present(missing_program("prometheus", PROMETHEUS_PACKAGE)) {
         return;
     }
     let b = backends(&[("web1", 0), ("web2", 0)]);

@@ -1,5 +1,8 @@
 //! Shared test harness: real demo backends on 127.0.0.1:0, a real Fulcrum started in-process,
 //! and a small blocking HTTP/1.1 client that can bind its source address to any 127.0.0.x.
+//! Also: a kept-alive client connection ([`KeptAlive`]), a backend that records what it read
+//! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
+//! way a test skips when an external tool is missing ([`tools_present`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -11,6 +14,13 @@ use fulcrum::config::LoadBalancerConfig;
 use fulcrum::demo::DemoBackend;
 use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
+
+mod client;
+mod raw_backend;
+#[allow(unused_imports)]
+pub use client::KeptAlive;
+#[allow(unused_imports)]
+pub use raw_backend::{RawBackend, RawMode, Seen};
 
 /// Starts one demo backend per `(id, latency_ms)`.
 pub fn backends(specs: &[(&str, u64)]) -> Vec<DemoBackend> {
@@ -246,4 +256,71 @@ pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
         .find(|s| s["id"] == id)
         .map(|s| s["health"].as_str().unwrap().to_string())
         .unwrap_or_default()
+}
+
+/// Calls the admin API: `method path` with an optional JSON `body` and bearer `token`.
+pub fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let len = body.map_or(0, |b| b.len()).to_string();
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {len}\r\n"
+    );
+    if let Some(a) = &auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    stream.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_response(&raw).expect("response")
+}
+
+/// Whether the calling test has the external tools it needs; `missing` names each one that is
+/// not there and how to get it. When something is missing the test cannot run:
+/// - with `CI` set it fails (CI installs every tool, so a skip there would hide a regression);
+/// - otherwise a `SKIPPED <test>: missing ...` line is written straight to the process's
+///   stderr, which `cargo test` shows (libtest captures `print!`/`eprintln!` of a passing test,
+///   not direct writes), and this returns false so the test returns early.
+///
+/// Every test that needs a tool outside Rust starts with
+/// `if !tools_present(...) { return; }`, so a skip always looks the same.
+pub fn tools_present(missing: impl IntoIterator<Item = String>) -> bool {
+    let missing: Vec<String> = missing.into_iter().collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    let what = missing.join("; ");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set but the test cannot run; missing: {what}"
+    );
+    let line = format!("SKIPPED {test}: missing {what} (with CI set this fails instead)\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    false
+}
+
+/// `program` and how to install it (`how`), unless `program --version` runs and succeeds.
+pub fn missing_program(program: &str, how: &str) -> Option<String> {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!runs).then(|| format!("`{program}` on PATH ({how})"))
 }
