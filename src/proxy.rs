@@ -254,7 +254,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let attempt = match ctx.next.take() {
+        let mut attempt = match ctx.next.take() {
             Some(next) => {
                 tokio::time::sleep(self.settings.retry.delay(ctx.attempts)).await;
                 next
@@ -272,6 +272,7 @@ impl ProxyHttp for Proxy {
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         peer.options.read_timeout = Some(self.settings.request_timeout);
         peer.options.write_timeout = Some(self.settings.request_timeout);
+        attempt.begin(Instant::now());
         ctx.attempts += 1;
         ctx.attempt = Some(attempt);
         Ok(Box::new(peer))

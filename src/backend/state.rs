@@ -80,6 +80,11 @@ impl BackendStats {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Counts one request sent to this backend.
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one finished request whose last attempt came here: `class` indexes
     /// 1xx..5xx and "no response" (out of range is ignored), `upstream` is its time to response
     /// headers.
@@ -274,15 +279,16 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
-    /// Counts a new request to `state`.
+    /// Counts one more request in flight to `state`.
     pub fn new(state: Arc<BackendState>) -> Self {
         state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.stats.requests.fetch_add(1, Ordering::Relaxed);
         Self { state }
     }
 
-    /// Counts a new request to `state` if that keeps it within its `capacity` (checked and
-    /// reserved in one atomic step, so concurrent requests never overshoot).
+    /// Counts one more request in flight to `state` if that keeps it within its `capacity`
+    /// (checked and reserved in one atomic step, so concurrent requests never overshoot). The
+    /// request is counted in [`BackendStats::requests`] only when it is sent
+    /// ([`BackendStats::record_request`]): a reservation given back unused counts nothing.
     pub fn try_new(state: &Arc<BackendState>) -> Option<Self> {
         let capacity = state.server.capacity;
         if capacity > 0 {
@@ -296,7 +302,6 @@ impl InFlightGuard {
         } else {
             state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        state.stats.requests.fetch_add(1, Ordering::Relaxed);
         Some(Self {
             state: state.clone(),
         })
@@ -338,7 +343,13 @@ mod tests {
         drop(g1);
         assert_eq!(state.stats.in_flight(), 1);
         drop(g2);
-        assert_eq!((state.stats.in_flight(), state.stats.requests()), (0, 2));
+        assert_eq!(
+            (state.stats.in_flight(), state.stats.requests()),
+            (0, 0),
+            "a reservation is no request until it is sent"
+        );
+        state.stats.record_request();
+        assert_eq!(state.stats.requests(), 1);
     }
 
     #[test]

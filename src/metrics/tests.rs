@@ -73,6 +73,7 @@ fn recorded_requests_show_in_both_formats() {
     m.connection_opened();
     m.connection_closed();
     let _in_flight = InFlightGuard::new(b.clone());
+    b.stats.record_request();
     let t = Thresholds {
         healthy: 1,
         unhealthy: 1,

@@ -63,9 +63,17 @@ impl Attempt {
         self.guard.state()
     }
 
-    /// When the backend was chosen.
+    /// When the request was sent ([`Attempt::begin`]); until then, when the backend was chosen.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// The request goes out now: count it against the backend and start its clock. A retry's
+    /// backend is chosen (and reserved) before its backoff; only this counts it as a request,
+    /// so a retry refused or never taken costs the backend nothing.
+    pub fn begin(&mut self, now: Instant) {
+        self.started = now;
+        self.state().stats.record_request();
     }
 
     /// The backend answered with response headers; `ok` says whether the status counts as a
