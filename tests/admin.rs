@@ -12,6 +12,7 @@ use fulcrum::Strategy;
 
 const TOKEN: &str = "test-token-0123456789";
 
+/// The admin API, through the shared test client.
 fn api(
     admin: SocketAddr,
     method: &str,
@@ -19,39 +20,7 @@ fn api(
     body: Option<&str>,
     token: Option<&str>,
 ) -> Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let len = body.map_or(0, |b| b.len()).to_string();
-    let mut headers: Vec<(&str, &str)> = vec![("Content-Length", &len)];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    let mut stream = TcpStream::connect(admin).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    admin_call(admin, method, path, body, token)
 }
 
 fn json(r: &Resp) -> serde_json::Value {
