@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -233,7 +233,7 @@ where
     pub async fn remove(&self, id: &str, wait: Duration) -> Result<Removal, SetError> {
         let state = self.find(id)?;
         state.set_draining(true);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now(); // pausable in tests
         while state.stats.in_flight() > 0 && started.elapsed() < wait {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -369,26 +369,29 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn removal_waits_for_requests_in_flight() {
+    #[tokio::test(start_paused = true)]
+    async fn removal_waits_for_requests_in_flight() {
         let set: BackendSet<RoundRobin> = BackendSet::new((), None, None);
-        block_on(async {
-            let a = set.add(spec("a", 1)).await.unwrap();
-            let guard = InFlightGuard::new(a.clone());
-            let removal = set.remove("a", Duration::from_millis(60)).await.unwrap();
-            assert!(!removal.drained && removal.waited >= Duration::from_millis(60));
+        let a = set.add(spec("a", 1)).await.unwrap();
+        let guard = InFlightGuard::new(a.clone());
+        let removal = set.remove("a", Duration::from_secs(30)).await.unwrap();
+        assert!(!removal.drained, "still in flight after the wait");
+        assert!(removal.waited >= Duration::from_secs(30));
+        drop(guard);
+        set.add(spec("b", 2)).await.unwrap();
+        let b = set.get("b").unwrap();
+        let guard = InFlightGuard::new(b.clone());
+        let (removal, ()) = tokio::join!(set.remove("b", Duration::from_secs(30)), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
             drop(guard);
-            set.add(spec("b", 2)).await.unwrap();
-            let b = set.get("b").unwrap();
-            let guard = InFlightGuard::new(b.clone());
-            let (removal, ()) = tokio::join!(set.remove("b", Duration::from_secs(5)), async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                drop(guard);
-            });
-            let removal = removal.unwrap();
-            assert!(removal.drained && removal.waited < Duration::from_secs(5));
-        })
-        .unwrap();
+        });
+        let removal = removal.unwrap();
+        assert!(removal.drained, "the request finished within the wait");
+        assert!(
+            removal.waited >= Duration::from_secs(5) && removal.waited < Duration::from_secs(6),
+            "it waited for the request, not the whole 30 s: {:?}",
+            removal.waited
+        );
     }
 
     #[test]
