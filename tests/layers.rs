@@ -168,30 +168,52 @@ fn lower_layers_never_import_higher_ones() {
             "backend",
             &[
                 "balance", "health", "metrics", "admin", "upstream", "proxy", "server", "config",
+                "settings", "client",
             ],
         ),
         (
             "breaker",
-            &["backend", "upstream", "proxy", "server", "admin"],
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "settings",
+            ],
         ),
         (
             "retry",
-            &["backend", "upstream", "proxy", "server", "admin"],
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "settings",
+            ],
+        ),
+        (
+            "client",
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "settings",
+            ],
         ),
         (
             "balance",
-            &["health", "metrics", "upstream", "proxy", "server", "admin"],
+            &[
+                "health", "metrics", "upstream", "proxy", "server", "admin", "settings",
+            ],
         ),
         (
             "health",
-            &["metrics", "upstream", "proxy", "server", "admin"],
+            &[
+                "metrics", "upstream", "proxy", "server", "admin", "settings",
+            ],
         ),
-        ("metrics", &["upstream", "proxy", "server", "admin"]),
-        ("upstream", &["proxy", "server", "admin"]),
-        ("proxy", &["server", "admin"]),
-        ("admin", &["server", "proxy", "upstream"]),
+        (
+            "metrics",
+            &["upstream", "proxy", "server", "admin", "settings"],
+        ),
+        ("upstream", &["proxy", "server", "admin", "settings"]),
+        ("proxy", &["server", "admin", "settings"]),
+        ("admin", &["server", "proxy", "upstream", "settings"]),
         ("access_log", &["admin", "proxy", "server"]),
-        ("config", &["server", "proxy", "admin", "upstream"]),
+        (
+            "config",
+            &["server", "proxy", "admin", "upstream", "settings"],
+        ),
+        ("settings", &["server", "proxy", "admin"]),
     ];
     let mut broken = Vec::new();
     for (module, forbidden) in rules {
