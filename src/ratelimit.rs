@@ -21,6 +21,7 @@
 //! Who the client is (the key counted) is decided in [`crate::client`].
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -58,16 +59,33 @@ pub struct RateLimiter {
     window: Duration,
 }
 
+/// A validated per-client limit: both numbers at least 1 (zero is unrepresentable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Sustained requests per second per client.
+    pub per_second: NonZeroU32,
+    /// Requests a client may send at once.
+    pub burst: NonZeroU32,
+}
+
+impl Limit {
+    /// The limit, or `None` when either number is 0.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        Some(Self {
+            per_second: NonZeroU32::new(per_second)?,
+            burst: NonZeroU32::new(burst)?,
+        })
+    }
+}
+
 impl RateLimiter {
-    /// A limiter allowing `burst` requests per `burst / requests_per_second` seconds. A `burst`
-    /// below `requests_per_second` is raised to it, so a window is at least a second.
-    pub fn new(requests_per_second: u32, burst: u32) -> Result<Self, String> {
-        if requests_per_second == 0 || burst == 0 {
-            return Err("requests_per_second and burst must be at least 1".into());
-        }
-        let burst = burst.max(requests_per_second);
+    /// A limiter allowing `burst` requests per `burst / per_second` seconds. A `burst` below
+    /// `per_second` is raised to it, so a window is at least a second.
+    pub fn new(limit: Limit) -> Self {
+        let requests_per_second = limit.per_second.get();
+        let burst = limit.burst.get().max(requests_per_second);
         let window = Duration::from_secs_f64(f64::from(burst) / f64::from(requests_per_second));
-        Ok(Self {
+        Self {
             slots: [
                 Estimator::new(SKETCH_HASHES, SKETCH_SLOTS),
                 Estimator::new(SKETCH_HASHES, SKETCH_SLOTS),
@@ -77,7 +95,7 @@ impl RateLimiter {
             interval_ms: u64::try_from(window.as_millis()).map_or(u64::MAX, |ms| ms.max(1)),
             burst: u64::from(burst),
             window,
-        })
+        }
     }
 
     /// The sliding window's length.
@@ -191,15 +209,15 @@ mod tests {
 
     #[test]
     fn limiter_allows_the_burst_then_refuses_per_client() {
-        let limiter = RateLimiter::new(10, 20).unwrap();
+        let limiter = RateLimiter::new(Limit::new(10, 20).unwrap());
         assert_eq!(limiter.window(), Duration::from_secs(2));
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let allowed = (0..50).filter(|_| limiter.check(&a).allowed).count();
         assert_eq!(allowed, 20);
         assert!(limiter.check(&b).allowed, "another client is unaffected");
-        assert!(RateLimiter::new(0, 1).is_err());
-        let raised = RateLimiter::new(100, 10).unwrap();
+        assert!(Limit::new(0, 1).is_none() && Limit::new(1, 0).is_none());
+        let raised = RateLimiter::new(Limit::new(100, 10).unwrap());
         assert_eq!(
             raised.window(),
             Duration::from_secs(1),
@@ -216,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_window_slides_over_two_intervals() {
-        let limiter = RateLimiter::new(10, 10).unwrap(); // 10 per second, 1 s intervals
+        let limiter = RateLimiter::new(Limit::new(10, 10).unwrap()); // 10 per second, 1 s intervals
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(allowed_at(&limiter, &ip, 0, 30), 10);
         assert_eq!(allowed_at(&limiter, &ip, 999, 5), 0);
@@ -237,7 +255,7 @@ mod tests {
     /// are driven here directly: they must neither panic nor reopen the window.
     #[test]
     fn late_clock_readings_neither_panic_nor_reset_the_window() {
-        let limiter = RateLimiter::new(10, 10).unwrap();
+        let limiter = RateLimiter::new(Limit::new(10, 10).unwrap());
         let ip: IpAddr = "192.0.2.2".parse().unwrap();
         assert_eq!(allowed_at(&limiter, &ip, 5_000, 10), 10);
         // read before the reset to interval 5, by 1 ms and by more than a second
@@ -258,7 +276,7 @@ mod tests {
 
     #[test]
     fn concurrent_out_of_order_readings_never_panic() {
-        let limiter = RateLimiter::new(100, 100).unwrap();
+        let limiter = RateLimiter::new(Limit::new(100, 100).unwrap());
         let ip: IpAddr = "192.0.2.4".parse().unwrap();
         let allowed = AtomicU64::new(0);
         std::thread::scope(|s| {

@@ -27,7 +27,7 @@ use crate::downstream::{CountedApp, GuardedApp};
 use crate::health::ActiveHealthCheck;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Limit, RateLimiter};
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 
@@ -217,7 +217,13 @@ impl LoadBalancer {
         let proxy = Proxy::new(
             self.backends.clone(),
             metrics.clone(),
-            proxy_settings(cfg, settings.key, settings.failure_statuses, retry)?,
+            proxy_settings(
+                cfg,
+                settings.key,
+                settings.failure_statuses,
+                settings.rate_limit,
+                retry,
+            )?,
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -258,15 +264,9 @@ fn proxy_settings(
     cfg: &LoadBalancerConfig,
     key: RequestKey,
     failure_statuses: StatusSet,
+    rate_limit: Option<Limit>,
     retry: RetryPolicy,
 ) -> Result<ProxySettings, StartError> {
-    let rate_limit = match &cfg.rate_limit {
-        None => None,
-        Some(r) => Some(
-            RateLimiter::new(r.requests_per_second, r.burst)
-                .map_err(|e| StartError::Config(ConfigError::new(format!("rate_limit: {e}"))))?,
-        ),
-    };
     Ok(ProxySettings {
         key,
         connect_timeout: cfg.connect_timeout,
@@ -281,7 +281,7 @@ fn proxy_settings(
         scheme: "http",
         failure_statuses,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
-        rate_limit,
+        rate_limit: rate_limit.map(RateLimiter::new),
         retry,
     })
 }

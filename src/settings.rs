@@ -22,6 +22,7 @@ use crate::breaker::{BreakerSettings, StatusSet};
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::ClientLimits;
 use crate::health::{HealthCheckSettings, Thresholds};
+use crate::ratelimit::Limit;
 use crate::retry::Backoff;
 
 /// The validated runtime settings of one load balancer.
@@ -53,6 +54,8 @@ pub struct Settings {
     pub server_conf: ServerConf,
     /// Bearer token for mutating admin calls, read from `admin_token` or its file.
     pub admin_token: Option<String>,
+    /// Per-client rate limit, when configured.
+    pub rate_limit: Option<Limit>,
 }
 
 impl TryFrom<&LoadBalancerConfig> for Settings {
@@ -93,6 +96,12 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             },
             server_conf: cfg.server_conf()?,
             admin_token: cfg.admin_token()?,
+            rate_limit: match cfg.rate_limit {
+                None => None,
+                Some(r) => Some(Limit::new(r.requests_per_second, r.burst).ok_or_else(|| {
+                    ConfigError::new("rate_limit: requests_per_second and burst must be at least 1")
+                })?),
+            },
         })
     }
 }

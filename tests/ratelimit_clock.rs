@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum::ratelimit::RateLimiter;
+use fulcrum::ratelimit::{Limit, RateLimiter};
 
 #[test]
 #[ignore = "stress: 16 threads for 6 s on all CPUs; run with `cargo test --test ratelimit_clock -- --ignored`"]
@@ -20,7 +20,7 @@ fn no_panic_across_interval_boundaries_under_contention() {
         (0..500)
             .map(|_| {
                 std::thread::sleep(Duration::from_millis(2));
-                RateLimiter::new(1000, 1000).unwrap()
+                RateLimiter::new(Limit::new(1000, 1000).unwrap())
             })
             .collect(),
     );
