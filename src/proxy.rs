@@ -185,8 +185,13 @@ impl Proxy {
     }
 
     /// Chooses the backend of a retry (avoiding every backend in `ctx.tried`) and asks the
-    /// retry policy (attempts, budget). Returns whether the retry happens.
+    /// retry policy (attempts, budget). Returns whether the retry happens. Attempts are checked
+    /// before choosing, since choosing moves the rotating strategies on; the budget after, so
+    /// it is spent only on a retry that has somewhere to go.
     fn prepare_retry(&self, session: &Session, ctx: &mut Ctx, now: Instant) -> bool {
+        if !self.settings.retry.attempts_left(ctx.attempts) {
+            return false;
+        }
         let Ok(next) = self.choose(session, ctx, now) else {
             return false; // nobody left to try: the last answer or error stands
         };

@@ -209,7 +209,7 @@ fn json_and_text_agree_with_what_was_sent() {
         assert_eq!(web1["draining"], false);
         assert_eq!(web1["weight"], 1);
         assert_eq!(web1["active_connections"], 0);
-        assert!(web1["response_time"].as_f64().is_some());
+        assert!(web1["response_time"].as_f64().is_some(), "{web1}");
 
         let web2 = &j["servers"]["web2"];
         assert_eq!(web2["requests"], unavailable, "{how}");

@@ -67,3 +67,21 @@ fn the_only_backend_is_retried_after_the_backoff() {
     assert_eq!((r.status, r.header("x-backend-id")), (503, Some("solo")));
     assert_eq!(b[0].hits(), 3, "the first attempt and two retries");
 }
+
+/// A retry that is not taken (here `max_retries: 0`) must not move the rotation on: round robin
+/// still alternates between a backend that answers 503 and one that answers 200.
+#[test]
+fn a_retry_not_taken_leaves_the_rotation_alone() {
+    let b = backends(&[("ok", 0), ("busy", 0)]);
+    let mut cfg = config(Strategy::RoundRobin, &[(&b[0], 1), (&b[1], 1)]);
+    cfg.circuit_breaker_enabled = false;
+    cfg.max_retries = 0;
+    let lb = start(cfg);
+    b[1].set_status(503);
+    let statuses: Vec<u16> = (0..20).map(|_| get(lb.listen_addr(), "/").status).collect();
+    assert_eq!(
+        (b[0].hits(), b[1].hits()),
+        (10, 10),
+        "strict alternation: {statuses:?}"
+    );
+}

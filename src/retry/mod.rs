@@ -61,10 +61,16 @@ impl RetryPolicy {
         self.budget.record_request(self.elapsed(now));
     }
 
+    /// Whether a request that has made `attempts` attempts has a retry left under
+    /// `max_retries` (the budget aside). Checking it costs nothing.
+    pub fn attempts_left(&self, attempts: u32) -> bool {
+        attempts <= self.max_retries
+    }
+
     /// Whether a request that has made `attempts` attempts may make another, taking it from the
     /// budget if so.
     pub fn decide(&self, attempts: u32, now: Instant) -> RetryDecision {
-        if attempts > self.max_retries {
+        if !self.attempts_left(attempts) {
             RetryDecision::AttemptsUsed
         } else if self.budget.try_retry(self.elapsed(now)) {
             RetryDecision::Retry
