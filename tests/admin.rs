@@ -12,17 +12,6 @@ use fulcrum::Strategy;
 
 const TOKEN: &str = "test-token-0123456789";
 
-/// The admin API, through the shared test client.
-fn api(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> Resp {
-    admin_call(admin, method, path, body, token)
-}
-
 fn json(r: &Resp) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
 }
@@ -32,11 +21,14 @@ fn mutations_need_a_configured_token() {
     let b = backends(&[("a", 0)]);
     let lb = start(config(Strategy::RoundRobin, &[(&b[0], 1)]));
     let admin = lb.admin_addr();
-    assert_eq!(api(admin, "GET", "/api/backends", None, None).status, 200);
-    let r = api(admin, "POST", "/api/backends/a/drain", None, Some(TOKEN));
+    assert_eq!(
+        admin_call(admin, "GET", "/api/backends", None, None).status,
+        200
+    );
+    let r = admin_call(admin, "POST", "/api/backends/a/drain", None, Some(TOKEN));
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.body.contains("admin_token"), "{r:?}");
-    assert_eq!(api(admin, "GET", "/ready", None, None).status, 200);
+    assert_eq!(admin_call(admin, "GET", "/ready", None, None).status, 200);
 }
 
 #[test]
@@ -48,11 +40,11 @@ fn backends_change_at_run_time() {
     let (admin, proxy) = (lb.admin_addr(), lb.listen_addr());
 
     // auth
-    let r = api(admin, "POST", "/api/backends/a/drain", None, None);
+    let r = admin_call(admin, "POST", "/api/backends/a/drain", None, None);
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     assert_eq!(
-        api(
+        admin_call(
             admin,
             "POST",
             "/api/backends/a/drain",
@@ -64,7 +56,7 @@ fn backends_change_at_run_time() {
     );
 
     // list
-    let list = json(&api(admin, "GET", "/api/backends", None, None));
+    let list = json(&admin_call(admin, "GET", "/api/backends", None, None));
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -95,7 +87,7 @@ fn backends_change_at_run_time() {
         ),
     ];
     for (body, code, word) in cases {
-        let r = api(admin, "POST", "/api/backends", Some(body), Some(TOKEN));
+        let r = admin_call(admin, "POST", "/api/backends", Some(body), Some(TOKEN));
         assert_eq!(r.status, code, "{body}: {r:?}");
         assert!(r.body.contains(word), "{body}: {r:?}");
     }
@@ -105,7 +97,7 @@ fn backends_change_at_run_time() {
         r#"{{"id":"d","url":"{}","weight":1,"tags":{{"zone":"z1"}}}}"#,
         b[3].url()
     );
-    let r = api(admin, "POST", "/api/backends", Some(&body), Some(TOKEN));
+    let r = admin_call(admin, "POST", "/api/backends", Some(&body), Some(TOKEN));
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(json(&r)["tags"]["zone"], "z1");
     let seq = sequence(proxy, 8);
@@ -118,7 +110,7 @@ fn backends_change_at_run_time() {
 
     // drain b: no new requests; undrain: back
     assert_eq!(
-        api(admin, "POST", "/api/backends/b/drain", None, Some(TOKEN)).status,
+        admin_call(admin, "POST", "/api/backends/b/drain", None, Some(TOKEN)).status,
         200
     );
     let hits = b[1].hits();
@@ -126,14 +118,14 @@ fn backends_change_at_run_time() {
     assert_eq!(b[1].hits(), hits, "a draining backend got a request");
     assert_eq!(health(&lb).1["servers"][1]["draining"], true);
     assert_eq!(
-        api(admin, "POST", "/api/backends/b/undrain", None, Some(TOKEN)).status,
+        admin_call(admin, "POST", "/api/backends/b/undrain", None, Some(TOKEN)).status,
         200
     );
     sequence(proxy, 12);
     assert!(b[1].hits() > hits);
 
     // weight: visible in the list and in /health
-    let r = api(
+    let r = admin_call(
         admin,
         "PATCH",
         "/api/backends/a",
@@ -146,7 +138,7 @@ fn backends_change_at_run_time() {
         "{r:?}"
     );
     assert_eq!(
-        api(
+        admin_call(
             admin,
             "PATCH",
             "/api/backends/a",
@@ -157,7 +149,7 @@ fn backends_change_at_run_time() {
         400
     );
     assert_eq!(
-        api(
+        admin_call(
             admin,
             "PATCH",
             "/api/backends/a",
@@ -182,7 +174,7 @@ fn backends_change_at_run_time() {
         .in_flight()
         > 0));
     let t = Instant::now();
-    let r = api(admin, "DELETE", "/api/backends/c", None, Some(TOKEN));
+    let r = admin_call(admin, "DELETE", "/api/backends/c", None, Some(TOKEN));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(json(&r)["drained"], true);
     assert!(
@@ -201,7 +193,7 @@ fn backends_change_at_run_time() {
         .iter()
         .any(|s| s["id"] == "c"));
     assert_eq!(
-        api(admin, "DELETE", "/api/backends/c", None, Some(TOKEN)).status,
+        admin_call(admin, "DELETE", "/api/backends/c", None, Some(TOKEN)).status,
         404
     );
 }
@@ -258,7 +250,7 @@ fn a_weight_change_reaches_selection() {
     let lb = start(cfg);
     let c = counts(&sequence(lb.listen_addr(), 8));
     assert_eq!((c["a"], c["b"]), (4, 4));
-    let r = api(
+    let r = admin_call(
         lb.admin_addr(),
         "PATCH",
         "/api/backends/a",
