@@ -11,7 +11,8 @@
 //! 4. `fail_to_connect` / `error_while_proxy` — the attempt ended badly: [`upstream::verdict`]
 //!    says whether the backend is blamed and whether to retry; a retry happens when
 //!    [`RetryPolicy`] allows it (attempts, budget) and another backend can take it.
-//! 5. `upstream_request_filter` — `X-Forwarded-For/-Proto/-Host`, `X-Request-Id`.
+//! 5. `upstream_request_filter` — forwarded headers (believed only from trusted proxies,
+//!    [`write_forwarded`]), `X-Request-Id`.
 //! 6. `upstream_response_filter` — latency average; a failure status counts against the breaker;
 //!    a 502/503/504 to an idempotent request is retried on another backend before anything
 //!    reaches the client, and passed through as it is when no retry is possible.
