@@ -12,7 +12,7 @@
 //! | `PUT` or `PATCH /api/backends/{id}` | change its weight: `{"weight": 5}` |
 //!
 //! Every change goes through the [`BackendSet`] and takes effect at once. Its typed
-//! [`SetError`]s become statuses in one place ([`ApiError::from`]): unknown id 404, duplicate id
+//! [`SetError`]s become statuses in one place (`ApiError`'s `From<SetError>`): unknown id 404, duplicate id
 //! or address 409, invalid field 400. Mutating calls need
 //! `Authorization: Bearer <admin_token>`; with no token configured they are refused (403).
 
