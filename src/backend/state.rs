@@ -238,8 +238,8 @@ impl BackendState {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Starts (true) or stops (false) draining. Only the [`BackendSet`](super::BackendSet)
-    /// calls it.
+    /// Starts (true) or stops (false) draining. Outside this module only the
+    /// [`BackendSet`](super::BackendSet) calls it (and unit tests building a lone state).
     pub(crate) fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
     }
