@@ -18,14 +18,9 @@ use pingora::http::RequestHeader;
 use crate::client::TrustedProxies;
 use crate::rng::mix;
 
-/// Headers only a trusted proxy may send; from anyone else they are dropped.
-const FORWARDED_HEADERS: [&str; 5] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "forwarded",
-];
+/// `Forwarded` (RFC 7239), which Fulcrum never writes: from anyone but a trusted proxy it is
+/// dropped. The `X-Forwarded-*` and `X-Real-IP` headers are replaced instead.
+static FORWARDED: http::HeaderName = http::HeaderName::from_static("forwarded");
 
 /// Unique request ids: a random per-process prefix and a scrambled counter, 32 hex digits.
 #[derive(Debug)]
@@ -93,17 +88,28 @@ pub fn write_forwarded(
     scheme: &'static str,
 ) -> pingora::Result<()> {
     let Some(peer) = peer.filter(|p| trusted.trusts(p)) else {
-        for name in FORWARDED_HEADERS {
-            upstream.remove_header(name);
+        // Every header below is inserted (replacing what the client sent) or removed; the
+        // lookups by a constant name spare the common request, which sent none, the removals.
+        if upstream.headers.contains_key(&FORWARDED) {
+            upstream.remove_header("forwarded");
         }
-        if let Some(peer) = peer {
-            let ip = HeaderValue::try_from(peer.to_string()).map_err(header_error)?;
-            upstream.insert_header("X-Real-IP", ip.clone())?;
-            upstream.insert_header("X-Forwarded-For", ip)?;
+        match peer {
+            Some(peer) => {
+                let ip = HeaderValue::try_from(peer.to_string()).map_err(header_error)?;
+                upstream.insert_header("X-Real-IP", ip.clone())?;
+                upstream.insert_header("X-Forwarded-For", ip)?;
+            }
+            None => {
+                upstream.remove_header("x-real-ip");
+                upstream.remove_header("x-forwarded-for");
+            }
         }
         upstream.insert_header("X-Forwarded-Proto", scheme)?;
-        if let Some(host) = forwarded_host(upstream) {
-            upstream.insert_header("X-Forwarded-Host", host)?;
+        match forwarded_host(upstream) {
+            Some(host) => upstream.insert_header("X-Forwarded-Host", host)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
         }
         return Ok(());
     };
@@ -297,7 +303,14 @@ mod tests {
                 req.append_header(*k, *v).unwrap();
             }
             write_forwarded(&mut req, *peer, *client, &trusted, "http").unwrap();
-            for (name, want) in FORWARDED_HEADERS.iter().zip(want) {
+            let names = [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-real-ip",
+                "forwarded",
+            ];
+            for (name, want) in names.iter().zip(want) {
                 let got: Vec<_> = req.headers.get_all(*name).iter().collect();
                 assert_eq!(got, want.iter().collect::<Vec<_>>(), "{name} from {peer:?}");
             }
