@@ -4,15 +4,23 @@
 //! queue to stdout or to `access_log: PATH` through a buffer, flushing whenever the queue runs
 //! empty. A request never waits for the disk: when the queue is full (the disk cannot keep up)
 //! the line is dropped and counted, and the count is reported in the log itself.
+//!
+//! The file is opened when the log is made (so a bad path fails the start), but the writer
+//! thread starts only in [`AccessLogWriter`], a pingora background service, that is after
+//! pingora has forked into the background with `-d`: threads do not survive a fork.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use serde::Serialize;
 
 /// Lines queued before new ones are dropped.
@@ -48,42 +56,81 @@ pub struct AccessEntry<'a> {
 }
 
 /// A non-blocking JSON-lines access log.
-#[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    /// The queue to the writer thread, once it runs.
+    tx: OnceLock<SyncSender<String>>,
+    /// Where the writer thread will write, until it starts.
+    out: Mutex<Option<Box<dyn Write + Send>>>,
     dropped: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("started", &self.tx.get().is_some())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
 impl AccessLog {
-    /// Logs to stdout.
-    pub fn stdout() -> io::Result<Self> {
-        Self::spawn(Box::new(io::stdout()))
+    /// Logs to stdout, once started.
+    pub fn stdout() -> Self {
+        Self::new(Box::new(io::stdout()))
     }
 
-    /// Appends to the file at `path` (created if missing).
+    /// Appends to the file at `path` (created if missing, opened now), once started.
     pub fn file(path: &Path) -> io::Result<Self> {
         let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Self::spawn(Box::new(f))
+        Ok(Self::new(Box::new(f)))
     }
 
-    /// Logs to any writer (tests use a pipe or a buffer).
+    /// Logs to any writer, once [`Self::start`]ed. Lines logged before are dropped and counted.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            tx: OnceLock::new(),
+            out: Mutex::new(Some(out)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Logs to any writer from now on (tests use a pipe or a buffer).
     pub fn spawn(out: Box<dyn Write + Send>) -> io::Result<Self> {
+        let log = Self::new(out);
+        log.start()?;
+        Ok(log)
+    }
+
+    /// Starts the writer thread (in the process that will serve: after any fork). A second call
+    /// does nothing.
+    pub fn start(&self) -> io::Result<()> {
+        let out = match self.out.lock() {
+            Ok(mut out) => out.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(out) = out else {
+            return Ok(());
+        };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let counter = dropped.clone();
+        let counter = self.dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out), &counter))?;
-        Ok(Self { tx, dropped })
+        let _first = self.tx.set(tx);
+        Ok(())
     }
 
     /// Queues one line; never blocks.
     pub fn log(&self, entry: &AccessEntry<'_>) {
+        let Some(tx) = self.tx.get() else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let Ok(mut line) = serde_json::to_string(entry) else {
             return;
         };
         line.push('\n');
-        match self.tx.try_send(line) {
+        match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -91,9 +138,28 @@ impl AccessLog {
         }
     }
 
-    /// Lines dropped because the writer could not keep up.
+    /// Lines dropped because the writer could not keep up (or had not started).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The pingora background service that starts an [`AccessLog`]'s writer thread when the server
+/// starts its services, after daemonizing. The proxy service depends on it, so no request is
+/// served before the log can take its line.
+pub struct AccessLogWriter(pub Arc<AccessLog>);
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start_with_ready_notifier(
+        &self,
+        _shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Err(e) = self.0.start() {
+            log::error!("cannot start the access-log writer: {e}; access log lines are dropped");
+        }
+        ready.notify_ready();
     }
 }
 

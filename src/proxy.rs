@@ -58,7 +58,7 @@ pub struct ProxySettings {
     /// Timeout of each read from and write to the backend.
     pub request_timeout: Duration,
     /// Where access-log lines go (`None` when `logging_enabled` is off).
-    pub access_log: Option<AccessLog>,
+    pub access_log: Option<Arc<AccessLog>>,
     /// `X-Forwarded-Proto` value: `http` or `https`.
     pub scheme: &'static str,
     /// Statuses that count as failures for a backend's circuit breaker.

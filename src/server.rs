@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, AccessLogWriter};
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
 use crate::balance::{BalanceConfig, Balancer, RequestKey};
@@ -200,13 +201,16 @@ impl LoadBalancer {
         })
     }
 
-    /// Builds the pingora server with its three services: health checks, proxy, admin.
+    /// Builds the pingora server with its services: health checks, access-log writer, proxy,
+    /// admin. Nothing here starts a thread or a runtime: pingora starts the services after any
+    /// fork into the background.
     fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
         let (cfg, settings) = (&self.config, self.settings);
         let mut server = Server::new_with_opt_and_conf(opt, settings.server_conf);
         server.bootstrap();
 
         let health = self.backends.health_service("health checks");
+        let access_log = access_log(cfg)?;
         let retry = RetryPolicy::new(
             settings.max_retries,
             settings.backoff,
@@ -222,8 +226,9 @@ impl LoadBalancer {
                 settings.key,
                 settings.failure_statuses,
                 settings.rate_limit,
+                access_log.clone(),
                 retry,
-            )?,
+            ),
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -247,6 +252,12 @@ impl LoadBalancer {
         let health = server.add_service(health);
         let proxy = server.add_service(proxy_service);
         proxy.add_dependency(&health);
+        // Threads do not survive pingora's fork into the background (-d): the log's writer
+        // thread starts in a service, and the proxy waits for it.
+        if let Some(log) = access_log {
+            let writer = server.add_service(background_service("access log", AccessLogWriter(log)));
+            proxy.add_dependency(&writer);
+        }
         server.add_service(admin_service);
         log::info!(
             "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
@@ -265,25 +276,33 @@ fn proxy_settings(
     key: RequestKey,
     failure_statuses: StatusSet,
     rate_limit: Option<Limit>,
+    access_log: Option<Arc<AccessLog>>,
     retry: RetryPolicy,
-) -> Result<ProxySettings, StartError> {
-    Ok(ProxySettings {
+) -> ProxySettings {
+    ProxySettings {
         key,
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
-        access_log: match (cfg.logging_enabled, &cfg.access_log) {
-            (false, _) => None,
-            (true, None) => Some(AccessLog::stdout()),
-            (true, Some(path)) => Some(AccessLog::file(path)),
-        }
-        .transpose()
-        .map_err(StartError::io("open the access log"))?,
+        access_log,
         scheme: "http",
         failure_statuses,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
         rate_limit: rate_limit.map(RateLimiter::new),
         retry,
-    })
+    }
+}
+
+/// The access log the config asks for, opened now (a bad path fails the start) and written
+/// once its [`AccessLogWriter`] service runs.
+fn access_log(cfg: &LoadBalancerConfig) -> Result<Option<Arc<AccessLog>>, StartError> {
+    let log = match (cfg.logging_enabled, &cfg.access_log) {
+        (false, _) => None,
+        (true, None) => Some(AccessLog::stdout()),
+        (true, Some(path)) => {
+            Some(AccessLog::file(path).map_err(StartError::io("open the access log"))?)
+        }
+    };
+    Ok(log.map(Arc::new))
 }
 
 /// An empty backend set for `settings`: the configured strategy, active health checks every
