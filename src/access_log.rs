@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -59,6 +59,8 @@ pub struct AccessEntry<'a> {
 pub struct AccessLog {
     /// The queue to the writer thread, once it runs.
     tx: OnceLock<SyncSender<String>>,
+    /// Lines queued and not yet flushed by the writer.
+    pending: Arc<AtomicU64>,
     /// Where the writer thread will write, until it starts.
     out: Mutex<Option<Box<dyn Write + Send>>>,
     dropped: Arc<AtomicU64>,
@@ -89,6 +91,7 @@ impl AccessLog {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         Self {
             tx: OnceLock::new(),
+            pending: Arc::new(AtomicU64::new(0)),
             out: Mutex::new(Some(out)),
             dropped: Arc::new(AtomicU64::new(0)),
         }
@@ -112,10 +115,13 @@ impl AccessLog {
             return Ok(());
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let counter = self.dropped.clone();
+        let (dropped, pending) = (self.dropped.clone(), self.pending.clone());
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out), &counter))?;
+            .spawn(move || {
+                let out = BufWriter::with_capacity(64 * 1024, out);
+                write_loop(rx, out, &dropped, &pending)
+            })?;
         let _first = self.tx.set(tx);
         Ok(())
     }
@@ -130,11 +136,21 @@ impl AccessLog {
             return;
         };
         line.push('\n');
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Waits (up to `limit`) until every queued line has been written and flushed.
+    pub async fn wait_written(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -167,11 +183,14 @@ fn write_loop(
     rx: Receiver<String>,
     mut out: BufWriter<Box<dyn Write + Send>>,
     dropped: &AtomicU64,
+    pending: &AtomicU64,
 ) {
     let mut reported = 0;
     while let Ok(line) = rx.recv() {
         let mut next = Some(line);
+        let mut batch = 0;
         while let Some(line) = next.take() {
+            batch += 1;
             if out.write_all(line.as_bytes()).is_err() {
                 return;
             }
@@ -193,6 +212,7 @@ fn write_loop(
         if out.flush().is_err() {
             return;
         }
+        pending.fetch_sub(batch, Ordering::Relaxed);
     }
     let _ = out.flush();
 }

@@ -389,7 +389,7 @@ pub fn run_demo() -> Result<(), StartError> {
     println!("  curl -s http://{listen}/debug/headers      # what the backend receives");
     println!();
     println!("Ctrl-C stops everything.");
-    lb.run(None)?;
+    lb.exit_when_drained().run(None)?;
     drop(backends);
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod drain;
 pub mod headers;
 pub mod health;
 pub mod histogram;

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         daemon: args.daemon,
         ..Opt::default()
     };
-    match LoadBalancer::new(config).and_then(|lb| lb.run(Some(opt))) {
+    match LoadBalancer::new(config).and_then(|lb| lb.exit_when_drained().run(Some(opt))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fulcrum: {e}");

@@ -7,6 +7,7 @@
 //! for embedders and tests.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,7 @@ use crate::breaker::StatusSet;
 use crate::client::TrustedProxies;
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{CountedApp, GuardedApp};
+use crate::drain::{DrainService, DrainingSignal, OpenConnections};
 use crate::health::ActiveHealthCheck;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
@@ -93,6 +95,8 @@ impl From<SetError> for StartError {
 pub struct LoadBalancer {
     config: LoadBalancerConfig,
     settings: Settings,
+    /// Set by [`Self::exit_when_drained`]: a graceful stop exits the process once drained.
+    drain_exit: Option<Arc<AtomicBool>>,
     backends: Arc<BackendSet<Balancer>>,
     listen: SocketAddr,
     admin: SocketAddr,
@@ -116,6 +120,7 @@ impl LoadBalancer {
         Ok(Self {
             config,
             settings,
+            drain_exit: None,
             backends,
             listen,
             admin,
@@ -160,12 +165,25 @@ impl LoadBalancer {
         self.run_with_signal(opt, Box::new(pingora::server::UnixShutdownSignalWatch))
     }
 
+    /// After a graceful stop (SIGTERM, or the old side of an upgrade), exit the process as soon
+    /// as the last client connection has closed, or at `shutdown_timeout`, instead of waiting
+    /// out pingora's whole grace period. For the `fulcrum` binary; an embedder that wants
+    /// [`Self::run`] to return keeps the default (no exit).
+    pub fn exit_when_drained(mut self) -> Self {
+        self.drain_exit = Some(Arc::new(AtomicBool::new(false)));
+        self
+    }
+
     /// Runs until `signal` says to stop.
     pub fn run_with_signal(
         self,
         opt: Option<Opt>,
-        signal: Box<dyn ShutdownSignalWatch>,
+        signal: Box<dyn ShutdownSignalWatch + Send + Sync>,
     ) -> Result<(), StartError> {
+        let signal: Box<dyn ShutdownSignalWatch> = match &self.drain_exit {
+            Some(graceful) => Box::new(DrainingSignal::new(signal, graceful.clone())),
+            None => signal,
+        };
         let server = self.build(opt)?;
         server.run(RunArgs {
             shutdown_signal: signal,
@@ -232,9 +250,11 @@ impl LoadBalancer {
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let open = Arc::new(OpenConnections::default());
         let app = CountedApp::new(
             GuardedApp::new(proxy, settings.client_limits),
             metrics.clone(),
+            open.clone(),
         );
         let mut proxy_service = Service::new("proxy".to_string(), app);
         proxy_service.add_tcp(&self.listen.to_string());
@@ -254,9 +274,19 @@ impl LoadBalancer {
         proxy.add_dependency(&health);
         // Threads do not survive pingora's fork into the background (-d): the log's writer
         // thread starts in a service, and the proxy waits for it.
-        if let Some(log) = access_log {
-            let writer = server.add_service(background_service("access log", AccessLogWriter(log)));
+        if let Some(log) = &access_log {
+            let writer = AccessLogWriter(log.clone());
+            let writer = server.add_service(background_service("access log", writer));
             proxy.add_dependency(&writer);
+        }
+        if let Some(graceful) = &self.drain_exit {
+            let drain = DrainService {
+                open,
+                graceful: graceful.clone(),
+                limit: cfg.shutdown_timeout,
+                access_log,
+            };
+            server.add_service(background_service("drain", drain));
         }
         server.add_service(admin_service);
         log::info!(

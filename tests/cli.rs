@@ -3,24 +3,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use common::process::*;
 use common::*;
 use fulcrum::demo::DemoBackend;
-
-fn fulcrum() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fulcrum"));
-    cmd.env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LB_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
@@ -33,20 +23,6 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&stdout).into_owned(),
         String::from_utf8_lossy(&stderr).into_owned(),
     )
-}
-
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("fulcrum-test-{}-{name}", std::process::id()));
-    std::fs::write(&path, contents).expect("write temp file");
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn conf_dir() -> PathBuf {
@@ -167,45 +143,6 @@ fn usage_errors_exit_2() {
     assert!(out.contains("--demo"));
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("kill {sig} {}", child.id())])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn wait_listening(addr: SocketAddr) {
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
-            addr
-        )
-        .is_ok()),
-        "nothing listens on {addr}"
-    );
-}
-
 #[test]
 fn serves_from_a_config_file_and_stops_on_sigterm() {
     let backend = DemoBackend::start("filebacked", Duration::ZERO).unwrap();
@@ -217,15 +154,7 @@ fn serves_from_a_config_file_and_stops_on_sigterm() {
         backend.url()
     );
     let path = temp_file("serve.yaml", &yaml);
-    let mut child = Running(
-        fulcrum()
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Running::start(&path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr);
     assert_eq!(served_by(&get(addr, "/")), "filebacked");
@@ -233,53 +162,11 @@ fn serves_from_a_config_file_and_stops_on_sigterm() {
     assert!(wait_until(Duration::from_secs(5), || get(admin, "/health")
         .status
         == 200));
-
-    // a probe on a kept-alive admin connection sees readiness end when shutdown begins
-    let mut probe = std::net::TcpStream::connect(admin).unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(ready_status(&mut probe), 200);
-    signal(&child.0, "-TERM");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        ready_status(&mut probe),
-        503,
-        "/ready during the grace period"
-    );
-    let code = wait_exit(&mut child.0, Duration::from_secs(15));
+    // draining and readiness during a stop: tests/drain.rs
+    child.signal("-TERM");
+    let code = child.wait_exit(Duration::from_secs(15));
     assert_eq!(code, Some(0), "fulcrum did not exit cleanly on SIGTERM");
     let _ = std::fs::remove_file(path);
-}
-
-/// `GET /ready` on a kept-alive connection; returns the status.
-fn ready_status(stream: &mut std::net::TcpStream) -> u16 {
-    use std::io::{BufRead, Write};
-    stream
-        .write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\n\r\n")
-        .unwrap();
-    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    std::io::Read::read_exact(&mut reader, &mut body).unwrap();
-    status
 }
 
 #[test]
@@ -309,8 +196,8 @@ fn demo_shows_the_weighted_distribution() {
         .status
         == 200));
 
-    signal(&child.0, "-INT");
-    assert_eq!(wait_exit(&mut child.0, Duration::from_secs(10)), Some(0));
+    child.signal("-INT");
+    assert_eq!(child.wait_exit(Duration::from_secs(10)), Some(0));
     let mut out = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(

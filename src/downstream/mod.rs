@@ -32,6 +32,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::drain::OpenConnections;
 use crate::metrics::Metrics;
 
 pub mod framing;
@@ -235,24 +236,28 @@ where
 pub struct CountedApp<A> {
     inner: Arc<A>,
     metrics: Arc<Metrics>,
+    open: Arc<OpenConnections>,
 }
 
 impl<A> CountedApp<A> {
-    /// Wraps `inner`.
-    pub fn new(inner: A, metrics: Arc<Metrics>) -> Self {
+    /// Wraps `inner`, counting into the metrics and into `open` (which the graceful drain
+    /// watches, whether or not metrics are on).
+    pub fn new(inner: A, metrics: Arc<Metrics>, open: Arc<OpenConnections>) -> Self {
         Self {
             inner: Arc::new(inner),
             metrics,
+            open,
         }
     }
 }
 
 /// Marks a connection closed when dropped, however its task ends.
-struct OpenConnection(Arc<Metrics>);
+struct OpenConnection<'a, A>(&'a CountedApp<A>);
 
-impl Drop for OpenConnection {
+impl<A> Drop for OpenConnection<'_, A> {
     fn drop(&mut self) {
-        self.0.connection_closed();
+        self.0.metrics.connection_closed();
+        self.0.open.closed();
     }
 }
 
@@ -267,7 +272,8 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         self.metrics.connection_opened();
-        let _open = OpenConnection(self.metrics.clone());
+        self.open.opened();
+        let _open = OpenConnection(&**self);
         self.inner.process_new(stream, shutdown).await
     }
 

@@ -16,6 +16,7 @@ use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
 
 mod client;
+pub mod process;
 mod raw_backend;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
