@@ -2,7 +2,9 @@
 //! and a small blocking HTTP/1.1 client that can bind its source address to any 127.0.0.x.
 //! Also: a kept-alive client connection ([`KeptAlive`]), a backend that records what it read
 //! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
-//! way a test skips when an external tool is missing ([`tools_present`]).
+//! way a test skips when an external tool is missing ([`tools_present`]). Process-level
+//! tests use [`process`] (the built binary) and [`load`] (continuous load with counted
+//! outcomes).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
 
 mod client;
+pub mod load;
 pub mod process;
 mod raw_backend;
 #[allow(unused_imports)]
