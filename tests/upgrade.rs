@@ -22,6 +22,10 @@ use fulcrum::demo::DemoBackend;
 
 /// Upgrades performed under load.
 const UPGRADES: usize = 3;
+/// Load clients opening a new connection per request.
+const FRESH_CLIENTS: usize = 2;
+/// Load clients on kept-alive connections.
+const KEPT_CLIENTS: usize = 2;
 
 /// One generation of the server: the child and the file its output goes to.
 struct Generation {
@@ -127,15 +131,26 @@ fn three_upgrades_under_load_answer_every_request() {
     wait_listening(addr);
     wait_listening(admin);
     assert!(
-        wait_until(Duration::from_secs(10), || request(addr, "GET", "/", &[], None)
-            .is_ok_and(|r| r.status == 200)),
+        wait_until(Duration::from_secs(10), || request(
+            addr,
+            "GET",
+            "/",
+            &[],
+            None
+        )
+        .is_ok_and(|r| r.status == 200)),
         "generation 0 never answered 200\n{}",
         logs(&gens)
     );
 
-    // 2 clients with a new connection per request, 2 on kept-alive connections; bounded by a
-    // hard time limit and a request cap far above what ~20 s of this load sends.
-    let load = Load::start(addr, 2, 2, 200_000, Duration::from_secs(60));
+    // Bounded by a hard time limit and a request cap far above what ~20 s of this load sends.
+    let load = Load::start(
+        addr,
+        FRESH_CLIENTS,
+        KEPT_CLIENTS,
+        200_000,
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // The reload recipe refuses a bad config before any process is told anything: `-t` fails,
@@ -152,7 +167,12 @@ fn three_upgrades_under_load_answer_every_request() {
     );
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..5 {
-        assert_eq!(get(addr, "/").status, 200, "after a failed -t\n{}", logs(&gens));
+        assert_eq!(
+            get(addr, "/").status,
+            200,
+            "after a failed -t\n{}",
+            logs(&gens)
+        );
     }
     assert!(gens[0].alive(), "the old process died after a failed -t");
 
@@ -200,7 +220,12 @@ fn three_upgrades_under_load_answer_every_request() {
     let code = last.child.wait_exit(Duration::from_secs(15));
     let sum = total(&phases);
     report(&phases, &sum, &handovers, started.elapsed());
-    assert_eq!(code, Some(0), "the last generation did not stop\n{}", logs(&gens));
+    assert_eq!(
+        code,
+        Some(0),
+        "the last generation did not stop\n{}",
+        logs(&gens)
+    );
     assert!(
         sum.failures.is_empty(),
         "{} of {} requests failed, first ones: {:#?}\n{}",
@@ -210,9 +235,20 @@ fn three_upgrades_under_load_answer_every_request() {
         logs(&gens)
     );
     assert_eq!(sum.ok, sum.requests);
-    // the load really overlapped every hand-over
     for (n, p) in phases.iter().enumerate().skip(1) {
-        assert!(p.requests >= 100, "phase {n} saw only {} requests", p.requests);
+        // the load really overlapped every hand-over ...
+        assert!(
+            p.requests >= 100,
+            "phase {n} saw only {} requests",
+            p.requests
+        );
+        // ... and each kept-alive client's connection to the old process was ended by it,
+        // either with `Connection: close` on a response or, idle, by a close before the next
+        // request (then the client resends once): the kept-alive path was exercised.
+        assert!(
+            p.closes_announced + p.kept_reconnects >= KEPT_CLIENTS as u64,
+            "upgrade {n}: kept-alive connections did not span the hand-over: {p:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -235,10 +271,11 @@ fn report(
             ),
         };
         println!(
-            "  phase {n} ({what}): {} requests, {} ok, {} connections, reconnects {} kept-alive / {} fresh, {} failures",
+            "  phase {n} ({what}): {} requests, {} ok, {} connections, {} kept-alive closes announced, reconnects {} kept-alive / {} fresh, {} failures",
             p.requests,
             p.ok,
             p.connections,
+            p.closes_announced,
             p.kept_reconnects,
             p.fresh_reconnects,
             p.failures.len()

@@ -31,6 +31,8 @@ pub struct PhaseStats {
     pub fresh_reconnects: u64,
     /// Connections the clients opened.
     pub connections: u64,
+    /// Kept-alive connections the server ended with `Connection: close` on a response.
+    pub closes_announced: u64,
     /// Every failure, described.
     pub failures: Vec<String>,
 }
@@ -42,6 +44,7 @@ impl PhaseStats {
         self.kept_reconnects += other.kept_reconnects;
         self.fresh_reconnects += other.fresh_reconnects;
         self.connections += other.connections;
+        self.closes_announced += other.closes_announced;
         self.failures.extend(other.failures.iter().cloned());
     }
 }
@@ -167,6 +170,9 @@ fn request(
             Exchange::Answered { status, close } => {
                 if close || !keep {
                     *conn = None;
+                }
+                if close && keep {
+                    stats.closes_announced += 1;
                 }
                 return if status == 200 {
                     Ok(())
