@@ -1,4 +1,5 @@
-//! Active health checks and the health view.
+//! Active health checks: pingora's background service runs them; their results feed each
+//! backend's health view.
 //!
 //! Pingora's background service runs the checks (every `health_check_interval`, all backends in
 //! parallel); [`ActiveHealthCheck`] is the [`HealthCheck`] it runs. It sends pingora's
@@ -7,19 +8,12 @@
 //!
 //! The tracker, not pingora's internal flag, is what selection, `/health` and metrics read: it
 //! knows a third state, **unknown** (no result yet), which pingora does not (its backends start
-//! healthy and a first successful check is never reported). Transitions, given
-//! `healthy_threshold` (rise) and `unhealthy_threshold` (fall):
-//!
-//! | state | check passes | check fails |
-//! |---|---|---|
-//! | unknown | healthy | unhealthy |
-//! | healthy | healthy (fail count reset) | unhealthy after `unhealthy_threshold` consecutive fails |
-//! | unhealthy | healthy after `healthy_threshold` consecutive passes | unhealthy (pass count reset) |
-//!
-//! An unknown backend receives traffic; an unhealthy one does not. The first result decides
-//! because a backend has no track record yet: a backend that is down when Fulcrum starts gets no
-//! traffic from the first check on (the first check runs at startup), instead of after
-//! `unhealthy_threshold` intervals.
+//! healthy and a first successful check is never reported). The tracker and its state machine
+//! (rise and fall thresholds, the table of transitions) live with the backend state, in
+//! [`crate::backend::health`]; this module only runs the checks and feeds the results in. The
+//! first result decides because a backend has no track record yet: a backend that is down when
+//! Fulcrum starts gets no traffic from the first check on (the first check runs at startup),
+//! instead of after `unhealthy_threshold` intervals.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
