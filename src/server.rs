@@ -21,16 +21,14 @@ use pingora::services::listening::Service;
 use crate::access_log::{AccessLog, AccessLogWriter};
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
-use crate::balance::{BalanceConfig, Balancer, RequestKey};
-use crate::breaker::StatusSet;
-use crate::client::TrustedProxies;
+use crate::balance::{BalanceConfig, Balancer};
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{CountedApp, GuardedApp};
 use crate::drain::{DrainService, DrainingSignal, OpenConnections};
 use crate::health::ActiveHealthCheck;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::ratelimit::{Limit, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 
@@ -236,17 +234,21 @@ impl LoadBalancer {
             random_seed(),
         );
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
+        let proxy_settings = ProxySettings {
+            key: settings.key,
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+            access_log: access_log.clone(),
+            scheme: "http",
+            failure_statuses: settings.failure_statuses,
+            trusted_proxies: settings.trusted_proxies,
+            rate_limit: settings.rate_limit.map(RateLimiter::new),
+            retry,
+        };
         let proxy = Proxy::new(
             self.backends.clone(),
             metrics.clone(),
-            proxy_settings(
-                cfg,
-                settings.key,
-                settings.failure_statuses,
-                settings.rate_limit,
-                access_log.clone(),
-                retry,
-            ),
+            proxy_settings,
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -263,7 +265,7 @@ impl LoadBalancer {
             backends: self.backends.clone(),
             metrics,
             token: settings.admin_token,
-            drain_timeout: cfg.shutdown_timeout,
+            drain_timeout: settings.shutdown_timeout,
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&self.admin.to_string());
@@ -283,7 +285,7 @@ impl LoadBalancer {
             let drain = DrainService {
                 open,
                 graceful: graceful.clone(),
-                limit: cfg.shutdown_timeout,
+                limit: settings.shutdown_timeout,
                 access_log,
             };
             server.add_service(background_service("drain", drain));
@@ -297,28 +299,6 @@ impl LoadBalancer {
             self.admin
         );
         Ok(server)
-    }
-}
-
-/// The proxy's settings: the validated parts from [`Settings`], the rest from the config.
-fn proxy_settings(
-    cfg: &LoadBalancerConfig,
-    key: RequestKey,
-    failure_statuses: StatusSet,
-    rate_limit: Option<Limit>,
-    access_log: Option<Arc<AccessLog>>,
-    retry: RetryPolicy,
-) -> ProxySettings {
-    ProxySettings {
-        key,
-        connect_timeout: cfg.connect_timeout,
-        request_timeout: cfg.request_timeout,
-        access_log,
-        scheme: "http",
-        failure_statuses,
-        trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
-        rate_limit: rate_limit.map(RateLimiter::new),
-        retry,
     }
 }
 

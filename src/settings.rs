@@ -19,6 +19,7 @@ use pingora::server::configuration::ServerConf;
 use crate::backend::{BackendSpec, InvalidField};
 use crate::balance::{RequestKey, Strategy};
 use crate::breaker::{BreakerSettings, StatusSet};
+use crate::client::TrustedProxies;
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::ClientLimits;
 use crate::health::{HealthCheckSettings, Thresholds};
@@ -56,6 +57,14 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Per-client rate limit, when configured.
     pub rate_limit: Option<Limit>,
+    /// Whose forwarded headers to believe.
+    pub trusted_proxies: TrustedProxies,
+    /// TCP connect timeout per attempt.
+    pub connect_timeout: Duration,
+    /// Timeout of each read from and write to a backend.
+    pub request_timeout: Duration,
+    /// Longest wait for requests in flight when stopping or removing a backend.
+    pub shutdown_timeout: Duration,
 }
 
 impl TryFrom<&LoadBalancerConfig> for Settings {
@@ -96,6 +105,10 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             },
             server_conf: cfg.server_conf()?,
             admin_token: cfg.admin_token()?,
+            trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
+            connect_timeout: cfg.connect_timeout,
+            request_timeout: cfg.request_timeout,
+            shutdown_timeout: cfg.shutdown_timeout,
             rate_limit: match cfg.rate_limit {
                 None => None,
                 Some(r) => Some(Limit::new(r.requests_per_second, r.burst).ok_or_else(|| {
