@@ -4,63 +4,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use common::process::{alive, free_port, Scratch};
 use common::*;
 use fulcrum::demo::DemoBackend;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A scratch directory for one test, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("fulcrum-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The daemon, by the pid in its pid file: stopped (SIGINT) when the test ends, whatever happens.
-struct Daemon(Option<i32>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-}
 
 #[test]
 fn a_daemon_serves_logs_and_reports() {
@@ -94,16 +44,16 @@ fn a_daemon_serves_logs_and_reports() {
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(
             &pid_file
         )
-        .is_ok_and(|p| p.trim().parse::<i32>().is_ok())),
+        .is_ok_and(|p| p.trim().parse::<u32>().is_ok())),
         "no pid file at {}",
         pid_file.display()
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
+    let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let mut daemon = Daemon(Some(pid));
+    dir.watch(pid);
     assert!(alive(pid), "pid {pid} from the pid file is not running");
 
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -164,5 +114,4 @@ fn a_daemon_serves_logs_and_reports() {
         wait_until(Duration::from_secs(20), || !alive(pid)),
         "the daemon did not exit after SIGTERM"
     );
-    daemon.0 = None;
 }

@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::{alive, free_port, Scratch};
 use common::{missing_program, request, tools_present, wait_until};
 use fulcrum::demo::DemoBackend;
 use serde_yaml::{Mapping, Value};
@@ -26,46 +26,6 @@ fn repo_file(rel: &str) -> PathBuf {
 
 fn read(rel: &str) -> String {
     fs::read_to_string(repo_file(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-}
-
-/// A fresh directory under the system temp dir, removed when dropped; also kills every daemon
-/// registered with [`Scratch::watch`] that still runs (SIGKILL: a draining Pingora ignores
-/// other signals).
-struct Scratch {
-    dir: PathBuf,
-    pids: RefCell<Vec<u32>>,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("fulcrum-packaging-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self {
-            dir,
-            pids: RefCell::new(vec![]),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn watch(&self, pid: u32) {
-        self.pids.borrow_mut().push(pid);
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for &pid in self.pids.borrow().iter() {
-            if alive(pid) {
-                signal(pid, "KILL");
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The values of every `key=` line of a unit file, in order.
@@ -116,7 +76,7 @@ fn the_unit_passes_systemd_analyze_verify_and_a_typo_fails_it() {
     assert_eq!(local.matches(BIN).count(), 2, "ExecStartPre and ExecStart");
     assert!(local.contains(&format!("ExecReload={} ", script.display())));
 
-    let (ok, out) = analyze(&scratch.dir, &local);
+    let (ok, out) = analyze(scratch.dir(), &local);
     assert!(ok && out.is_empty(), "systemd-analyze verify: {out}");
 
     // Some mistakes make it exit non-zero, others only print: either must be caught. (An
@@ -135,7 +95,7 @@ fn the_unit_passes_systemd_analyze_verify_and_a_typo_fails_it() {
         // At the start of a line: a directive, not a comment that names it.
         let bad = local.replacen(&format!("\n{from}"), &format!("\n{to}"), 1);
         assert_ne!(bad, local, "no line starts with {from}");
-        let (ok, out) = analyze(&scratch.dir, &bad);
+        let (ok, out) = analyze(scratch.dir(), &bad);
         assert!(!ok || !out.is_empty(), "verify accepted {to}");
     }
 }
@@ -252,30 +212,8 @@ fn fulcrum_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 fn pid_in(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Whether `pid` runs (a zombie does not: a daemon's parent is init, which may reap late).
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
 }
 
 /// Runs `command` with stdout and stderr to the file `log` (never a pipe: a daemon it starts

@@ -1,6 +1,7 @@
 //! The built `fulcrum` binary as a child process: start it, signal it, wait for its exit, and
 //! probe `/ready` on a kept-alive admin connection.
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -32,6 +33,63 @@ pub fn temp_file(name: &str, contents: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("fulcrum-test-{}-{name}", std::process::id()));
     std::fs::write(&path, contents).expect("write temp file");
     path
+}
+
+/// A fresh directory under the system temp dir, removed when dropped; every daemon registered
+/// with [`Scratch::watch`] that still runs then is killed (SIGKILL: a draining Pingora ignores
+/// other signals), so a failing test leaves nothing behind.
+pub struct Scratch {
+    dir: PathBuf,
+    pids: RefCell<Vec<u32>>,
+}
+
+impl Scratch {
+    /// `$TMPDIR/fulcrum-<name>-<pid>`, emptied.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fulcrum-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            dir,
+            pids: RefCell::new(vec![]),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Kill `pid` at the end if it still runs.
+    pub fn watch(&self, pid: u32) {
+        self.pids.borrow_mut().push(pid);
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for &pid in self.pids.borrow().iter() {
+            if alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `pid` runs (a zombie does not: a daemon's parent is init, which may reap late).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// A running child, killed when dropped (a failing test leaves nothing behind).
