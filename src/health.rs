@@ -2,7 +2,7 @@
 //! view.
 //!
 //! The service runs pingora's health registry of the backend set (all backends in parallel):
-//! a first pass before the proxy starts, then one every `health_check_interval`.
+//! a first pass at start, then one every `health_check_interval`.
 //! [`ActiveHealthCheck`] is the [`HealthCheck`] the registry runs. It sends pingora's
 //! [`HttpHealthCheck`] request (`GET health_check_path`, 2xx passes, bounded by
 //! `health_check_timeout`) and feeds every result into the backend's [`HealthTracker`]. Its
@@ -51,6 +51,9 @@ pub struct HealthCheckSettings {
     pub interval: Duration,
 }
 
+/// What a cached probe is for: the backend's address and its `Host` header.
+type ProbeKey = (std::net::SocketAddr, String);
+
 /// The [`HealthCheck`] the health registry runs for every backend. Clones share their
 /// settings, so the one kept by the reload path changes the one the registry runs.
 #[derive(Clone)]
@@ -60,8 +63,8 @@ pub struct ActiveHealthCheck {
 
 struct CheckInner {
     settings: ArcSwap<HealthCheckSettings>,
-    /// One pingora HTTP check per backend address, so each sends its own `Host` header.
-    probes: Mutex<HashMap<std::net::SocketAddr, Arc<HttpHealthCheck>>>,
+    /// One pingora HTTP check per backend address and `Host` header.
+    probes: Mutex<HashMap<ProbeKey, Arc<HttpHealthCheck>>>,
     /// Wakes the service when the settings change (a shorter interval applies at once).
     changed: Notify,
 }
@@ -99,9 +102,7 @@ impl ActiveHealthCheck {
         true
     }
 
-    fn probes(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<std::net::SocketAddr, Arc<HttpHealthCheck>>> {
+    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<ProbeKey, Arc<HttpHealthCheck>>> {
         match self.inner.probes.lock() {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
@@ -115,14 +116,16 @@ impl ActiveHealthCheck {
                 "health check of a non-inet backend",
             )
         })?;
-        let mut probes = self.probes();
-        if let Some(p) = probes.get(&addr) {
-            return Ok(p.clone());
-        }
-        let settings = self.settings();
         let host = state_of(target)
             .map(|s| host_header(&s.server.url))
             .unwrap_or_else(|| addr.to_string());
+        let mut probes = self.probes();
+        let key = (addr, host);
+        if let Some(p) = probes.get(&key) {
+            return Ok(p.clone());
+        }
+        let (addr, host) = key;
+        let settings = self.settings();
         let mut probe = HttpHealthCheck::new(&host, false);
         let mut req = RequestHeader::build("GET", settings.path.as_bytes(), None)?;
         req.insert_header("Host", host.as_str())?;
@@ -142,7 +145,7 @@ impl ActiveHealthCheck {
             }
         }));
         let probe = Arc::new(probe);
-        probes.insert(addr, probe.clone());
+        probes.insert((addr, host), probe.clone());
         Ok(probe)
     }
 }
