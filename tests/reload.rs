@@ -10,12 +10,11 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::instance::{strings, Instance};
 use common::load::{total, Load, PhaseStats};
-use common::process::*;
+use common::process::free_port;
 use common::*;
 use fulcrum::demo::DemoBackend;
 use serde_json::Value;
@@ -55,178 +54,22 @@ fn yaml(
     y
 }
 
-/// One `fulcrum -c FILE` in the foreground (killed when dropped), its stdout and stderr going to
-/// a log file in its own scratch directory.
-struct Instance {
-    child: Running,
-    config: PathBuf,
-    log: PathBuf,
-    port: u16,
-    admin_port: u16,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    /// Dropped after `child`: the directory goes once the process is gone.
-    _scratch: Scratch,
+/// `POST /api/reload` with `Authorization: Bearer token`; the status and the JSON body.
+fn reload(inst: &Instance, token: Option<&str>) -> (u16, Value) {
+    let r = admin_call(inst.admin, "POST", "/api/reload", None, token);
+    let body = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, body)
 }
 
-impl Instance {
-    /// Starts it with `yaml(port, admin_port, ...)` as written by `make`, and waits until it
-    /// proxies a request.
-    fn start(name: &str, make: impl FnOnce(u16, u16) -> String) -> Self {
-        let scratch = Scratch::new(&format!("reload-{name}"));
-        let (port, admin_port) = (free_port(), free_port());
-        let config = scratch.path("fulcrum.yaml");
-        let log = scratch.path("fulcrum.log");
-        std::fs::write(&config, make(port, admin_port)).expect("config");
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = fulcrum()
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn fulcrum");
-        let me = Self {
-            child: Running(child),
-            config,
-            log,
-            port,
-            admin_port,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
-            _scratch: scratch,
-        };
-        wait_listening(me.addr);
-        wait_listening(me.admin);
-        assert!(
-            wait_until(Duration::from_secs(10), || request(
-                me.addr,
-                "GET",
-                "/",
-                &[],
-                None
-            )
-            .is_ok_and(|r| r.status == 200)),
-            "it never answered 200\n{}",
-            me.log()
-        );
-        me
-    }
-
-    /// Replaces the config file (written aside, then renamed: never read half-written).
-    fn write(&self, yaml: &str) {
-        let aside = self.config.with_extension("new");
-        std::fs::write(&aside, yaml).expect("config");
-        std::fs::rename(&aside, &self.config).expect("rename config");
-    }
-
-    /// The log so far.
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- fulcrum log ---\n{text}--- end of log ---")
-    }
-
-    /// Fails the test, with the log, if the process has exited (SIGHUP's default action
-    /// ends a process that does not handle it).
-    fn assert_alive(&mut self, when: &str) {
-        if let Some(status) = self.child.0.try_wait().expect("try_wait") {
-            panic!("fulcrum exited {when}: {status}\n{}", self.log());
-        }
-    }
-
-    /// `POST /api/reload` with `Authorization: Bearer token`; the status and the JSON body.
-    fn reload(&self, token: Option<&str>) -> (u16, Value) {
-        let r = admin_call(self.admin, "POST", "/api/reload", None, token);
-        let body = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-        (r.status, body)
-    }
-
-    /// `GET /api/backends`.
-    fn backends(&self) -> Vec<Value> {
-        let r = admin_call(self.admin, "GET", "/api/backends", None, None);
-        assert_eq!(r.status, 200, "GET /api/backends: {r:?}");
-        match serde_json::from_str(&r.body) {
-            Ok(Value::Array(v)) => v,
-            other => panic!("/api/backends is not a JSON array: {other:?}"),
-        }
-    }
-
-    /// The ids `/api/backends` lists, sorted.
-    fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .backends()
-            .iter()
-            .map(|b| b["id"].as_str().expect("id").to_string())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    /// The weight `/api/backends` shows for `id`.
-    fn weight(&self, id: &str) -> Option<u64> {
-        self.backends()
-            .iter()
-            .find(|b| b["id"] == id)
-            .and_then(|b| b["weight"].as_u64())
-    }
-
-    /// The `"strategy"` of the JSON metrics.
-    fn strategy(&self) -> String {
-        let r = get(self.admin, "/metrics?format=json");
-        assert_eq!(r.status, 200, "JSON metrics: {r:?}");
-        let j: Value = serde_json::from_str(&r.body).expect("JSON metrics");
-        j["strategy"].as_str().unwrap_or_default().to_string()
-    }
-
-    /// The value of the Prometheus series `name` whose labels include `label` (all of them
-    /// when empty), if `/metrics` has one.
-    fn metric(&self, name: &str, label: &str) -> Option<f64> {
-        let r = get(self.admin, "/metrics");
-        assert_eq!(r.status, 200, "/metrics: {r:?}");
-        prometheus_value(&r.body, name, label)
-    }
-
-    /// The reload counters and gauge: (success, failure, last successful).
-    fn reload_metrics(&self) -> (f64, f64, Option<f64>) {
-        let reloads = "fulcrum_config_reloads_total";
-        (
-            // a labelled counter not yet incremented may be absent
-            self.metric(reloads, "outcome=\"success\"").unwrap_or(0.0),
-            self.metric(reloads, "outcome=\"failure\"").unwrap_or(0.0),
-            self.metric("fulcrum_config_last_reload_successful", ""),
-        )
-    }
-}
-
-/// The value of the first series `name{...label...} value` in Prometheus text.
-fn prometheus_value(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, rest) = match l.split_once('{') {
-            Some((n, rest)) => {
-                let (labels, value) = rest.rsplit_once('}')?;
-                ((n, labels), value)
-            }
-            None => {
-                let (n, value) = l.split_once(' ')?;
-                ((n, ""), value)
-            }
-        };
-        (series.0 == name && series.1.contains(label))
-            .then(|| rest.split_whitespace().next()?.parse().ok())
-            .flatten()
-    })
-}
-
-/// The strings of a JSON array field (empty when absent or not an array).
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The reload counters and gauge: (success, failure, last successful).
+fn reload_metrics(inst: &Instance) -> (f64, f64, Option<f64>) {
+    let reloads = "fulcrum_config_reloads_total";
+    (
+        // a labelled counter not yet incremented may be absent
+        inst.metric(reloads, "outcome=\"success\"").unwrap_or(0.0),
+        inst.metric(reloads, "outcome=\"failure\"").unwrap_or(0.0),
+        inst.metric("fulcrum_config_last_reload_successful", ""),
+    )
 }
 
 /// The words of a log line (runs of letters, digits and `_`).
@@ -253,7 +96,7 @@ fn reload_that_removes_a_backend_under_load_fails_no_request() {
     let [a, b, c, d] =
         ["a", "b", "c", "d"].map(|id| DemoBackend::start(id, Duration::from_millis(2)).unwrap());
     let rr = "strategy: round_robin\n";
-    let mut inst = Instance::start("remove", |p, ap| {
+    let mut inst = Instance::start("reload-remove", |p, ap| {
         yaml(p, ap, true, rr, &[(&a, 1), (&b, 1), (&c, 1)])
     });
     assert_eq!(inst.ids(), ["a", "b", "c"]);
@@ -327,7 +170,7 @@ fn reload_that_removes_a_backend_under_load_fails_no_request() {
         &[(&a, 1), (&b, 3), (&d, 1)],
     ));
     load.next_phase();
-    let (status, body) = inst.reload(Some(TOKEN));
+    let (status, body) = reload(&inst, Some(TOKEN));
     assert_eq!(status, 200, "POST /api/reload: {body}\n{}", inst.log());
     assert_eq!(body["status"], "reloaded", "{body}");
     assert_eq!(strings(&body["added"]), ["d"], "added: {body}");
@@ -361,7 +204,7 @@ fn reload_that_removes_a_backend_under_load_fails_no_request() {
         );
     }
     assert_eq!(c.hits(), c_settled, "c received requests after SIGHUP");
-    let (success, failure, last) = inst.reload_metrics();
+    let (success, failure, last) = reload_metrics(&inst);
     assert_eq!((success, failure), (2.0, 0.0), "reload counters");
     assert_eq!(last, Some(1.0), "fulcrum_config_last_reload_successful");
 }
@@ -399,12 +242,12 @@ fn report(phases: &[PhaseStats], sum: &PhaseStats, applied: Duration, elapsed: D
 fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     let [a, b, c] = ["a", "b", "c"].map(|id| DemoBackend::start(id, Duration::ZERO).unwrap());
     let rr = "strategy: round_robin\n";
-    let mut inst = Instance::start("invalid", |p, ap| {
+    let mut inst = Instance::start("reload-invalid", |p, ap| {
         yaml(p, ap, true, rr, &[(&a, 1), (&b, 1)])
     });
     let (port, admin_port) = (inst.port, inst.admin_port);
     assert_eq!(
-        inst.reload_metrics(),
+        reload_metrics(&inst),
         (0.0, 0.0, Some(1.0)),
         "before any reload"
     );
@@ -440,7 +283,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     assert_eq!(inst.ids(), ["a", "b"], "after a refused SIGHUP");
     assert_eq!(c.hits(), 0, "c, only in the refused file, got requests");
 
-    let (status, body) = inst.reload(Some(TOKEN));
+    let (status, body) = reload(&inst, Some(TOKEN));
     assert_eq!(status, 422, "POST /api/reload of an invalid file: {body}");
     assert!(body["error"].is_string(), "no error message: {body}");
     let errors = strings(&body["errors"]);
@@ -452,7 +295,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     }
     assert_eq!(inst.ids(), ["a", "b"], "after a refused POST /api/reload");
     assert_eq!(
-        inst.reload_metrics(),
+        reload_metrics(&inst),
         (0.0, 2.0, Some(0.0)),
         "after two refused reloads"
     );
@@ -460,7 +303,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     // an unknown key is refused too, named
     let unknown = format!("{rr}strategyy: random\n");
     inst.write(&yaml(port, admin_port, true, &unknown, &new_backends));
-    let (status, body) = inst.reload(Some(TOKEN));
+    let (status, body) = reload(&inst, Some(TOKEN));
     assert_eq!(status, 422, "POST /api/reload with an unknown key: {body}");
     assert!(
         strings(&body["errors"])
@@ -473,7 +316,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
 
     // fixed: the same backend change now applies
     inst.write(&yaml(port, admin_port, true, rr, &new_backends));
-    let (status, body) = inst.reload(Some(TOKEN));
+    let (status, body) = reload(&inst, Some(TOKEN));
     assert_eq!(status, 200, "POST /api/reload of the fixed file: {body}");
     assert_eq!(strings(&body["added"]), ["c"], "{body}");
     assert_eq!(strings(&body["removed"]), ["b"], "{body}");
@@ -487,7 +330,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     );
     sample_only(&inst, 10, &["a", "c"], "after the fixed reload");
     assert_eq!(
-        inst.reload_metrics(),
+        reload_metrics(&inst),
         (1.0, 3.0, Some(1.0)),
         "after the fixed reload"
     );
@@ -497,7 +340,7 @@ fn an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
 #[test]
 fn strategy_changes_live_and_socket_changes_wait_for_an_upgrade() {
     let [a, b, e] = ["a", "b", "e"].map(|id| DemoBackend::start(id, Duration::ZERO).unwrap());
-    let inst = Instance::start("strategy", |p, ap| {
+    let inst = Instance::start("reload-strategy", |p, ap| {
         yaml(p, ap, true, "strategy: round_robin\n", &[(&a, 1), (&b, 1)])
     });
     assert_eq!(inst.strategy(), "round_robin");
@@ -521,7 +364,7 @@ fn strategy_changes_live_and_socket_changes_wait_for_an_upgrade() {
         &[(&a, 1), (&b, 1)],
     ));
     let logged_before = std::fs::metadata(&inst.log).map_or(0, |m| m.len() as usize);
-    let (status, body) = inst.reload(Some(TOKEN));
+    let (status, body) = reload(&inst, Some(TOKEN));
     assert_eq!(status, 200, "POST /api/reload: {body}\n{}", inst.log());
     let (changed, needs_upgrade) = (strings(&body["changed"]), strings(&body["needs_upgrade"]));
     assert!(changed.contains(&"strategy".into()), "changed: {body}");
@@ -558,7 +401,7 @@ fn strategy_changes_live_and_socket_changes_wait_for_an_upgrade() {
 #[test]
 fn reload_needs_the_token() {
     let a = DemoBackend::start("a", Duration::ZERO).unwrap();
-    let with_token = Instance::start("token", |p, ap| {
+    let with_token = Instance::start("reload-token", |p, ap| {
         yaml(p, ap, true, "strategy: round_robin\n", &[(&a, 1)])
     });
     with_token.write(&yaml(
@@ -569,7 +412,7 @@ fn reload_needs_the_token() {
         &[(&a, 1)],
     ));
     for token in [None, Some("wrong-token-0123456789")] {
-        let (status, body) = with_token.reload(token);
+        let (status, body) = reload(&with_token, token);
         assert_eq!(status, 401, "POST /api/reload with token {token:?}: {body}");
     }
     assert_eq!(
@@ -577,13 +420,13 @@ fn reload_needs_the_token() {
         "round_robin",
         "an unauthorized reload"
     );
-    assert_eq!(with_token.reload_metrics().0, 0.0);
+    assert_eq!(reload_metrics(&with_token).0, 0.0);
     // the right token: the endpoint is there, the refusals were about the token
-    let (status, body) = with_token.reload(Some(TOKEN));
+    let (status, body) = reload(&with_token, Some(TOKEN));
     assert_eq!(status, 200, "POST /api/reload with the token: {body}");
     assert_eq!(with_token.strategy(), "random");
 
-    let without = Instance::start("no-token", |p, ap| {
+    let without = Instance::start("reload-no-token", |p, ap| {
         yaml(p, ap, false, "strategy: round_robin\n", &[(&a, 1)])
     });
     without.write(&yaml(
@@ -594,7 +437,7 @@ fn reload_needs_the_token() {
         &[(&a, 1)],
     ));
     for token in [None, Some(TOKEN)] {
-        let (status, body) = without.reload(token);
+        let (status, body) = reload(&without, token);
         assert_eq!(status, 403, "no admin_token, token {token:?}: {body}");
     }
     assert_eq!(without.strategy(), "round_robin", "a refused reload");
