@@ -1,10 +1,13 @@
-//! Active health checks: pingora's background service runs them; their results feed each
-//! backend's health view.
+//! Active health checks: [`HealthService`] runs them; their results feed each backend's health
+//! view.
 //!
-//! Pingora's background service runs the checks (every `health_check_interval`, all backends in
-//! parallel); [`ActiveHealthCheck`] is the [`HealthCheck`] it runs. It sends pingora's
+//! The service runs pingora's health registry of the backend set (all backends in parallel):
+//! a first pass before the proxy starts, then one every `health_check_interval`.
+//! [`ActiveHealthCheck`] is the [`HealthCheck`] the registry runs. It sends pingora's
 //! [`HttpHealthCheck`] request (`GET health_check_path`, 2xx passes, bounded by
-//! `health_check_timeout`) and feeds every result into the backend's [`HealthTracker`].
+//! `health_check_timeout`) and feeds every result into the backend's [`HealthTracker`]. Its
+//! settings, the interval included, can be replaced while it runs (a reload): the next check
+//! uses them, and a new interval takes effect at once.
 //!
 //! The tracker, not pingora's internal flag, is what selection, `/health` and metrics read: it
 //! knows a third state, **unknown** (no result yet), which pingora does not (its backends start
@@ -19,11 +22,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
-use pingora_load_balancing::Backend;
+use pingora_load_balancing::{Backend, HealthRegistry};
+use tokio::sync::Notify;
 
 pub use crate::backend::health::{
     HealthMachine, HealthStatus, HealthTracker, LastCheck, Thresholds,
@@ -31,7 +38,7 @@ pub use crate::backend::health::{
 use crate::backend::state_of;
 
 /// Settings of the active HTTP health check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckSettings {
     /// Path requested (`health_check_path`).
     pub path: String,
@@ -39,21 +46,65 @@ pub struct HealthCheckSettings {
     pub timeout: Duration,
     /// Rise and fall thresholds.
     pub thresholds: Thresholds,
+    /// Time from the start of one pass over all backends to the start of the next
+    /// (`health_check_interval`).
+    pub interval: Duration,
 }
 
-/// The [`HealthCheck`] pingora's background service runs for every backend.
+/// The [`HealthCheck`] the health registry runs for every backend. Clones share their
+/// settings, so the one kept by the reload path changes the one the registry runs.
+#[derive(Clone)]
 pub struct ActiveHealthCheck {
-    settings: HealthCheckSettings,
+    inner: Arc<CheckInner>,
+}
+
+struct CheckInner {
+    settings: ArcSwap<HealthCheckSettings>,
     /// One pingora HTTP check per backend address, so each sends its own `Host` header.
     probes: Mutex<HashMap<std::net::SocketAddr, Arc<HttpHealthCheck>>>,
+    /// Wakes the service when the settings change (a shorter interval applies at once).
+    changed: Notify,
 }
 
 impl ActiveHealthCheck {
     /// A checker with these settings.
     pub fn new(settings: HealthCheckSettings) -> Self {
         Self {
-            settings,
-            probes: Mutex::new(HashMap::new()),
+            inner: Arc::new(CheckInner {
+                settings: ArcSwap::from_pointee(settings),
+                probes: Mutex::new(HashMap::new()),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<HealthCheckSettings> {
+        self.inner.settings.load_full()
+    }
+
+    /// Replaces the settings: the next check of each backend uses them. Returns whether they
+    /// changed.
+    pub fn set_settings(&self, settings: HealthCheckSettings) -> bool {
+        let old = self.inner.settings.load_full();
+        if *old == settings {
+            return false;
+        }
+        let probes_differ = old.path != settings.path || old.timeout != settings.timeout;
+        self.inner.settings.store(Arc::new(settings));
+        if probes_differ {
+            self.probes().clear(); // rebuilt with the new path and timeout on the next check
+        }
+        self.inner.changed.notify_one();
+        true
+    }
+
+    fn probes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<std::net::SocketAddr, Arc<HttpHealthCheck>>> {
+        match self.inner.probes.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -64,24 +115,22 @@ impl ActiveHealthCheck {
                 "health check of a non-inet backend",
             )
         })?;
-        let mut probes = match self.probes.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut probes = self.probes();
         if let Some(p) = probes.get(&addr) {
             return Ok(p.clone());
         }
+        let settings = self.settings();
         let host = state_of(target)
             .map(|s| host_header(&s.server.url))
             .unwrap_or_else(|| addr.to_string());
         let mut probe = HttpHealthCheck::new(&host, false);
-        let mut req = RequestHeader::build("GET", self.settings.path.as_bytes(), None)?;
+        let mut req = RequestHeader::build("GET", settings.path.as_bytes(), None)?;
         req.insert_header("Host", host.as_str())?;
         req.insert_header("User-Agent", "fulcrum-health-check")?;
         probe.req = req;
-        probe.peer_template.options.connection_timeout = Some(self.settings.timeout);
-        probe.peer_template.options.read_timeout = Some(self.settings.timeout);
-        probe.peer_template.options.write_timeout = Some(self.settings.timeout);
+        probe.peer_template.options.connection_timeout = Some(settings.timeout);
+        probe.peer_template.options.read_timeout = Some(settings.timeout);
+        probe.peer_template.options.write_timeout = Some(settings.timeout);
         probe.validator = Some(Box::new(|resp| {
             if resp.status.is_success() {
                 Ok(())
@@ -98,6 +147,48 @@ impl ActiveHealthCheck {
     }
 }
 
+/// Pingora background service running the checks of a backend set's health registry: a first
+/// pass at once, then a pass every interval, as the [`ActiveHealthCheck`]'s settings say at the
+/// time. It reports ready before the first pass, as pingora's own load balancer does: the
+/// proxy starts with the backends **unknown** (they take traffic) rather than wait for a slow
+/// one's check to time out.
+pub struct HealthService {
+    registry: Arc<HealthRegistry>,
+    check: ActiveHealthCheck,
+}
+
+impl HealthService {
+    /// Runs `registry`'s checks on `check`'s schedule (`check` is the one the registry holds).
+    pub fn new(registry: Arc<HealthRegistry>, check: ActiveHealthCheck) -> Self {
+        Self { registry, check }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = tokio::time::Instant::now();
+        let mut next = last;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {
+                    last = tokio::time::Instant::now();
+                    tokio::select! {
+                        () = self.registry.run_health_check(true) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    next = last + self.check.settings().interval;
+                }
+                // new settings: the next pass is one new interval after the last one began
+                () = self.check.inner.changed.notified() => {
+                    next = last + self.check.settings().interval;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// `host:port` of a backend URL, for the health check's `Host` header.
 fn host_header(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -108,17 +199,18 @@ fn host_header(url: &str) -> String {
 impl HealthCheck for ActiveHealthCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
         let probe = self.probe_for(target)?;
-        let result = match tokio::time::timeout(self.settings.timeout, probe.check(target)).await {
+        let settings = self.settings();
+        let result = match tokio::time::timeout(settings.timeout, probe.check(target)).await {
             Ok(r) => r,
             Err(_) => Error::e_explain(
                 ErrorType::ReadTimedout,
-                format!("health check took longer than {:?}", self.settings.timeout),
+                format!("health check took longer than {:?}", settings.timeout),
             ),
         };
         if let Some(state) = state_of(target) {
             let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
             let now = SystemTime::now();
-            if let Some(status) = state.health.record(outcome, now, self.settings.thresholds) {
+            if let Some(status) = state.health.record(outcome, now, settings.thresholds) {
                 match status {
                     HealthStatus::Unhealthy => log::warn!(
                         "backend {} ({}) is unhealthy: {}",
@@ -139,7 +231,7 @@ impl HealthCheck for ActiveHealthCheck {
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        let t = self.settings.thresholds;
+        let t = self.settings().thresholds;
         if success {
             t.healthy as usize
         } else {

@@ -31,6 +31,7 @@ pub mod histogram;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod responses;
 pub mod retry;
 pub(crate) mod rng;

@@ -100,7 +100,11 @@ fn main() -> ExitCode {
         daemon: args.daemon,
         ..Opt::default()
     };
-    match LoadBalancer::new(config).and_then(|lb| lb.exit_when_drained().run(Some(opt))) {
+    // Absolute, so that reloads still find it after daemon mode changes the working directory.
+    let file = std::fs::canonicalize(&path).unwrap_or(path);
+    let started = LoadBalancer::new(config)
+        .and_then(|lb| lb.reloading_from(file).exit_when_drained().run(Some(opt)));
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fulcrum: {e}");

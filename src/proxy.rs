@@ -24,11 +24,15 @@
 //!
 //! The pipeline holds no lock across an await, and allocates per request only what pingora's
 //! API requires (the peer box) plus the request-id header value.
+//!
+//! [`ProxySettings`] can be replaced while running (a reload): each request takes the settings
+//! in force when it starts and keeps them to its end, so one request never mixes two versions.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -65,17 +69,36 @@ pub struct ProxySettings {
     pub failure_statuses: StatusSet,
     /// Whose `X-Forwarded-For` to believe.
     pub trusted_proxies: TrustedProxies,
-    /// Per-client rate limit, if any.
-    pub rate_limit: Option<RateLimiter>,
-    /// Retries: attempts, backoff, budget.
-    pub retry: RetryPolicy,
+    /// Per-client rate limit, if any (shared, so a reload that keeps the limit keeps the
+    /// counts).
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Retries: attempts, backoff, budget (shared like the limiter).
+    pub retry: Arc<RetryPolicy>,
 }
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySettings")
+            .field("key", &self.key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("scheme", &self.scheme)
+            .field("rate_limit", &self.rate_limit.as_ref().map(|r| r.limit()))
+            .field("retry", &self.retry.settings())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings requests start with; a reload stores new ones.
+pub type LiveSettings = ArcSwap<ProxySettings>;
 
 /// Per-request state. Dropped when the request ends, which releases the in-flight count and any
 /// unreported breaker probe.
 #[derive(Debug)]
 pub struct Ctx {
     started: Instant,
+    /// The settings in force when the request started.
+    settings: Arc<ProxySettings>,
     /// The socket peer (appended to `X-Forwarded-For`).
     peer_ip: Option<IpAddr>,
     /// The client as far as we trust (rate limit, IP hash).
@@ -97,9 +120,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn new() -> Self {
+    fn new(settings: Arc<ProxySettings>) -> Self {
         Self {
             started: Instant::now(),
+            settings,
             peer_ip: None,
             client_ip: None,
             request_id: None,
@@ -145,16 +169,17 @@ impl Ctx {
 pub struct Proxy {
     backends: Arc<BackendSet<Balancer>>,
     metrics: Arc<Metrics>,
-    settings: ProxySettings,
+    settings: Arc<LiveSettings>,
     ids: RequestIds,
 }
 
 impl Proxy {
-    /// A pipeline selecting from `backends`.
+    /// A pipeline selecting from `backends`, each request with the `settings` in force when it
+    /// starts.
     pub fn new(
         backends: Arc<BackendSet<Balancer>>,
         metrics: Arc<Metrics>,
-        settings: ProxySettings,
+        settings: Arc<LiveSettings>,
         id_prefix: u64,
     ) -> Self {
         Self {
@@ -168,7 +193,7 @@ impl Proxy {
     /// Chooses a backend for this request's next attempt, avoiding the ones it already tried.
     fn choose(&self, session: &Session, ctx: &Ctx, now: Instant) -> Result<Attempt, Refusal> {
         let mut ip_buf = [0u8; 16];
-        let key = self
+        let key = ctx
             .settings
             .key
             .resolve(session.req_header(), ctx.client_ip, &mut ip_buf);
@@ -190,7 +215,7 @@ impl Proxy {
     /// before choosing, since choosing moves the rotating strategies on; the budget after, so
     /// it is spent only on a retry that has somewhere to go.
     fn prepare_retry(&self, session: &Session, ctx: &mut Ctx, now: Instant) -> bool {
-        if !self.settings.retry.attempts_left(ctx.attempts) {
+        if !ctx.settings.retry.attempts_left(ctx.attempts) {
             return false;
         }
         let Ok(next) = self.choose(session, ctx, now) else {
@@ -205,7 +230,7 @@ impl Proxy {
 
     /// Whether a failed attempt may be retried (attempts left, budget), counted in the metrics.
     fn may_retry(&self, ctx: &Ctx, now: Instant) -> bool {
-        match self.settings.retry.decide(ctx.attempts, now) {
+        match ctx.settings.retry.decide(ctx.attempts, now) {
             RetryDecision::Retry => {
                 self.metrics.record_retry();
                 true
@@ -229,7 +254,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+        Ctx::new(self.settings.load_full())
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -238,7 +263,7 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip.map(|peer| {
-            self.settings
+            ctx.settings
                 .trusted_proxies
                 .client_ip(peer, forwarded_for_values(session.req_header()))
         });
@@ -247,7 +272,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let (Some(limiter), Some(client)) = (&self.settings.rate_limit, ctx.client_ip) else {
+        let (Some(limiter), Some(client)) = (&ctx.settings.rate_limit, ctx.client_ip) else {
             return Ok(false);
         };
         let decision = limiter.check(&client);
@@ -262,12 +287,12 @@ impl ProxyHttp for Proxy {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let mut attempt = match ctx.next.take() {
             Some(next) => {
-                tokio::time::sleep(self.settings.retry.delay(ctx.attempts)).await;
+                tokio::time::sleep(ctx.settings.retry.delay(ctx.attempts)).await;
                 next
             }
             None => {
                 let now = Instant::now();
-                self.settings.retry.record_request(now);
+                ctx.settings.retry.record_request(now);
                 self.choose(session, ctx, now).map_err(|refusal| {
                     ctx.refusal = Some(refusal);
                     Error::explain(ErrorType::HTTPStatus(503), refusal.detail())
@@ -275,9 +300,9 @@ impl ProxyHttp for Proxy {
             }
         };
         let mut peer = HttpPeer::new(attempt.state().addr, false, String::new());
-        peer.options.connection_timeout = Some(self.settings.connect_timeout);
-        peer.options.read_timeout = Some(self.settings.request_timeout);
-        peer.options.write_timeout = Some(self.settings.request_timeout);
+        peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
+        peer.options.read_timeout = Some(ctx.settings.request_timeout);
+        peer.options.write_timeout = Some(ctx.settings.request_timeout);
         attempt.begin(Instant::now());
         ctx.attempts += 1;
         ctx.attempt = Some(attempt);
@@ -337,8 +362,8 @@ impl ProxyHttp for Proxy {
             upstream,
             ctx.peer_ip,
             ctx.client_ip,
-            &self.settings.trusted_proxies,
-            self.settings.scheme,
+            &ctx.settings.trusted_proxies,
+            ctx.settings.scheme,
         )?;
         if let Some(id) = &ctx.request_id {
             upstream.insert_header("X-Request-Id", id.clone())?;
@@ -364,7 +389,7 @@ impl ProxyHttp for Proxy {
         attempt.state().stats.record_latency(took);
         attempt.state().stats.record_response(status);
         ctx.upstream_time = Some(took);
-        let failure_status = self.settings.failure_statuses.contains(status);
+        let failure_status = ctx.settings.failure_statuses.contains(status);
         if failure_status {
             attempt.settle(false, now);
         } // a success is settled when the whole response went through (see `logging`)
@@ -452,7 +477,7 @@ impl ProxyHttp for Proxy {
             backend: ctx.backend(),
             attempts: ctx.attempts,
         });
-        let Some(log) = &self.settings.access_log else {
+        let Some(log) = &ctx.settings.access_log else {
             return;
         };
         let req = session.req_header();

@@ -57,6 +57,7 @@ pub struct RateLimiter {
     interval_ms: u64,
     burst: u64,
     window: Duration,
+    limit: Limit,
 }
 
 /// A validated per-client limit: both numbers at least 1 (zero is unrepresentable).
@@ -95,7 +96,13 @@ impl RateLimiter {
             interval_ms: u64::try_from(window.as_millis()).map_or(u64::MAX, |ms| ms.max(1)),
             burst: u64::from(burst),
             window,
+            limit,
         }
+    }
+
+    /// The limit it was built for.
+    pub fn limit(&self) -> Limit {
+        self.limit
     }
 
     /// The sliding window's length.

@@ -6,6 +6,7 @@
 //! generator without locks and every draw gets a distinct counter value.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// SplitMix64's increment (2^64 divided by the golden ratio, made odd).
 pub const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -15,6 +16,15 @@ pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A seed that differs between processes and calls (request ids, random strategies, jitter):
+/// the clock, the process id and a stack address, mixed.
+pub fn random_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(nanos ^ (u64::from(std::process::id()) << 32) ^ (&nanos as *const u64 as u64))
 }
 
 /// A shared SplitMix64 generator.

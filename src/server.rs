@@ -1,17 +1,20 @@
 //! The [`LoadBalancer`] facade: turns a [`LoadBalancerConfig`] into a running Pingora server.
 //!
 //! It owns the wiring and nothing else: the [`BackendSet`] (members, pingora's selector and
-//! its health-check background service), the proxy service on `bind_address:port` and the
-//! admin service on `admin_address`. Running blocks until a shutdown signal: Unix signals for
-//! the binary (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), or [`RunningLoadBalancer::stop`]
-//! for embedders and tests.
+//! health registry), the health-check service, the proxy service on `bind_address:port`, the
+//! admin service on `admin_address`, and the [`Reloader`] that applies a changed configuration
+//! in place (SIGHUP, `POST /api/reload`, [`RunningLoadBalancer::reload_config`]). Running
+//! blocks until a shutdown signal: Unix signals for the binary (SIGTERM graceful, SIGINT fast,
+//! SIGQUIT upgrade), or [`RunningLoadBalancer::stop`] for embedders and tests.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -20,16 +23,16 @@ use pingora::services::listening::Service;
 
 use crate::access_log::{AccessLog, AccessLogWriter};
 use crate::admin::{AdminApp, AdminState};
-use crate::backend::{block_on, BackendServer, BackendSet, HealthChecking, SetError};
+use crate::backend::{block_on, BackendServer, BackendSet, SetError};
 use crate::balance::{BalanceConfig, Balancer};
 use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{CountedApp, GuardedApp};
 use crate::drain::{DrainService, DrainingSignal, OpenConnections};
-use crate::health::ActiveHealthCheck;
+use crate::health::{ActiveHealthCheck, HealthService};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxySettings};
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryPolicy;
+use crate::proxy::Proxy;
+use crate::reload::{proxy_settings, Live, ReloadError, ReloadOnHangup, ReloadReport, Reloader};
+use crate::rng::random_seed;
 use crate::settings::Settings;
 
 /// Why the load balancer could not be built or started.
@@ -93,6 +96,9 @@ impl From<SetError> for StartError {
 pub struct LoadBalancer {
     config: LoadBalancerConfig,
     settings: Settings,
+    /// The file reloads read (see [`Self::reloading_from`]).
+    file: Option<PathBuf>,
+    health: ActiveHealthCheck,
     /// Set by [`Self::exit_when_drained`]: a graceful stop exits the process once drained.
     drain_exit: Option<Arc<AtomicBool>>,
     backends: Arc<BackendSet<Balancer>>,
@@ -106,7 +112,8 @@ impl LoadBalancer {
     /// [`Self::listen_addr`] and [`Self::admin_addr`] tell where the server will listen.
     pub fn new(config: LoadBalancerConfig) -> Result<Self, StartError> {
         let settings = Settings::try_from(&config)?;
-        let backends = Arc::new(backend_set(&settings));
+        let health = ActiveHealthCheck::new(settings.health.clone());
+        let backends = Arc::new(backend_set(&settings, &health));
         block_on(async {
             for spec in &settings.backends {
                 backends.add(spec.clone()).await?;
@@ -118,11 +125,20 @@ impl LoadBalancer {
         Ok(Self {
             config,
             settings,
+            file: None,
+            health,
             drain_exit: None,
             backends,
             listen,
             admin,
         })
+    }
+
+    /// Reloads (SIGHUP, `POST /api/reload`) re-read `file`, the file this configuration came
+    /// from. Without it a reload only reports that there is no file.
+    pub fn reloading_from(mut self, file: impl Into<PathBuf>) -> Self {
+        self.file = Some(file.into());
+        self
     }
 
     /// Adds a backend (the seed's `AddServer`). Its id and address must be new.
@@ -195,7 +211,7 @@ impl LoadBalancer {
         let (listen, admin, backends) = (self.listen, self.admin, self.backends.clone());
         let notify = Arc::new(tokio::sync::Notify::new());
         let signal = NotifySignal(notify.clone());
-        let server = self.build(None)?;
+        let (server, reloader) = self.build_with_reloader(None)?;
         let thread = std::thread::Builder::new()
             .name("fulcrum".into())
             .spawn(move || {
@@ -212,43 +228,39 @@ impl LoadBalancer {
             listen,
             admin,
             backends,
+            reloader,
             notify,
             thread: Some(thread),
         })
     }
 
     /// Builds the pingora server with its services: health checks, access-log writer, proxy,
-    /// admin. Nothing here starts a thread or a runtime: pingora starts the services after any
-    /// fork into the background.
+    /// admin, reload on SIGHUP. Nothing here starts a thread or a runtime: pingora starts the
+    /// services after any fork into the background.
     fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
-        let (cfg, settings) = (&self.config, self.settings);
-        let mut server = Server::new_with_opt_and_conf(opt, settings.server_conf);
+        self.build_with_reloader(opt).map(|(server, _)| server)
+    }
+
+    fn build_with_reloader(
+        mut self,
+        opt: Option<Opt>,
+    ) -> Result<(Server, Arc<Reloader>), StartError> {
+        let server_conf = std::mem::take(&mut self.settings.server_conf);
+        let (cfg, settings) = (&self.config, &self.settings);
+        let mut server = Server::new_with_opt_and_conf(opt, server_conf);
         server.bootstrap();
 
-        let health = self.backends.health_service("health checks");
         let access_log = access_log(cfg)?;
-        let retry = RetryPolicy::new(
-            settings.max_retries,
-            settings.backoff,
-            settings.retry_budget_percent,
-            random_seed(),
-        );
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
-        let proxy_settings = ProxySettings {
-            key: settings.key,
-            connect_timeout: settings.connect_timeout,
-            request_timeout: settings.request_timeout,
-            access_log: access_log.clone(),
-            scheme: "http",
-            failure_statuses: settings.failure_statuses,
-            trusted_proxies: settings.trusted_proxies,
-            rate_limit: settings.rate_limit.map(RateLimiter::new),
-            retry,
-        };
+        let live_settings = Arc::new(ArcSwap::from_pointee(proxy_settings(
+            settings,
+            access_log.clone(),
+            None,
+        )));
         let proxy = Proxy::new(
             self.backends.clone(),
             metrics.clone(),
-            proxy_settings,
+            live_settings.clone(),
             random_seed(),
         );
         let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -261,17 +273,34 @@ impl LoadBalancer {
         let mut proxy_service = Service::new("proxy".to_string(), app);
         proxy_service.add_tcp(&self.listen.to_string());
 
+        let token = Arc::new(ArcSwapOption::from(
+            settings.admin_token.clone().map(Arc::new),
+        ));
+        let reloader = Arc::new(Reloader::new(
+            self.file.clone(),
+            cfg.clone(),
+            Live {
+                backends: self.backends.clone(),
+                proxy: live_settings,
+                health: self.health.clone(),
+                metrics: metrics.clone(),
+                admin_token: token.clone(),
+                access_log: access_log.clone(),
+            },
+        ));
         let admin = AdminApp::new(AdminState {
             backends: self.backends.clone(),
             metrics,
-            token: settings.admin_token,
+            token,
+            reload: Some(reloader.clone()),
             drain_timeout: settings.shutdown_timeout,
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&self.admin.to_string());
         admin_service.threads = Some(1);
 
-        let health = server.add_service(health);
+        let health = HealthService::new(self.backends.health_registry().clone(), self.health);
+        let health = server.add_service(background_service("health checks", health));
         let proxy = server.add_service(proxy_service);
         proxy.add_dependency(&health);
         // Threads do not survive pingora's fork into the background (-d): the log's writer
@@ -291,6 +320,10 @@ impl LoadBalancer {
             server.add_service(background_service("drain", drain));
         }
         server.add_service(admin_service);
+        server.add_service(background_service(
+            "reload on SIGHUP",
+            ReloadOnHangup(reloader.clone()),
+        ));
         log::info!(
             "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
             self.listen,
@@ -298,7 +331,7 @@ impl LoadBalancer {
             self.backends.len(),
             self.admin
         );
-        Ok(server)
+        Ok((server, reloader))
     }
 }
 
@@ -315,19 +348,14 @@ fn access_log(cfg: &LoadBalancerConfig) -> Result<Option<Arc<AccessLog>>, StartE
     Ok(log.map(Arc::new))
 }
 
-/// An empty backend set for `settings`: the configured strategy, active health checks every
-/// `health_check_interval` (all backends checked in parallel), and a circuit breaker per
-/// backend when enabled.
-fn backend_set(settings: &Settings) -> BackendSet<Balancer> {
-    let health = HealthChecking {
-        check: Box::new(ActiveHealthCheck::new(settings.health.clone())),
-        every: settings.health_interval,
-    };
+/// An empty backend set for `settings`: the configured strategy, checked by `health` (run by
+/// the health service), and a circuit breaker per backend when enabled.
+fn backend_set(settings: &Settings, health: &ActiveHealthCheck) -> BackendSet<Balancer> {
     let balance = BalanceConfig {
         strategy: settings.strategy,
         seed: random_seed(),
     };
-    BackendSet::new(balance, Some(health), settings.breaker)
+    BackendSet::new(balance, Some(Box::new(health.clone())), settings.breaker)
 }
 
 /// Removes `id` from outside any runtime; `None` when there was no such backend.
@@ -341,14 +369,6 @@ fn remove_blocking(
         Err(SetError::UnknownId(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// A seed that differs between processes (request ids, random strategies).
-fn random_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32) ^ (&nanos as *const u64 as u64)
 }
 
 /// Replaces port 0 by a port that is free now. (Pingora binds listeners itself, by address.)
@@ -377,6 +397,7 @@ pub struct RunningLoadBalancer {
     listen: SocketAddr,
     admin: SocketAddr,
     backends: Arc<BackendSet<Balancer>>,
+    reloader: Arc<Reloader>,
     notify: Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -411,6 +432,21 @@ impl RunningLoadBalancer {
         wait: Duration,
     ) -> Result<Option<BackendServer>, StartError> {
         remove_blocking(&self.backends, id, wait)
+    }
+
+    /// Validates `config` and applies it in place, like a SIGHUP reload of a file: backends,
+    /// strategy, breaker, retries, rate limit, health check, timeouts (see [`crate::reload`]).
+    /// Waits up to the new `shutdown_timeout` for requests in flight on removed backends.
+    pub fn reload_config(&self, config: LoadBalancerConfig) -> Result<ReloadReport, ReloadError> {
+        block_on(self.reloader.reload_config(config))
+            .map_err(|e| ReloadError::Invalid(ConfigError::new(format!("cannot reload: {e}"))))?
+    }
+
+    /// Re-reads the configuration file given to [`LoadBalancer::reloading_from`] and applies
+    /// it, like SIGHUP.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        block_on(self.reloader.reload())
+            .map_err(|e| ReloadError::Invalid(ConfigError::new(format!("cannot reload: {e}"))))?
     }
 
     /// Stops the server and waits for it to exit.

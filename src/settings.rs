@@ -24,7 +24,7 @@ use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::ClientLimits;
 use crate::health::{HealthCheckSettings, Thresholds};
 use crate::ratelimit::Limit;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, RetrySettings};
 
 /// The validated runtime settings of one load balancer.
 #[derive(Debug)]
@@ -35,20 +35,14 @@ pub struct Settings {
     pub strategy: Strategy,
     /// What the strategy hashes.
     pub key: RequestKey,
-    /// The active health check.
+    /// The active health check and its interval.
     pub health: HealthCheckSettings,
-    /// How often it runs.
-    pub health_interval: Duration,
     /// Per-backend circuit breakers, when enabled.
     pub breaker: Option<BreakerSettings>,
     /// Statuses that count against a backend.
     pub failure_statuses: StatusSet,
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Wait before each retry.
-    pub backoff: Backoff,
-    /// Retries as a share of recent requests.
-    pub retry_budget_percent: u32,
+    /// Retries: how many per request, the wait before each, the share of traffic.
+    pub retry: RetrySettings,
     /// Limits on client connections before pingora parses a request.
     pub client_limits: ClientLimits,
     /// Pingora's server configuration (threads, pid file, upgrade socket, grace periods).
@@ -90,13 +84,15 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
                     healthy: cfg.healthy_threshold,
                     unhealthy: cfg.unhealthy_threshold,
                 },
+                interval: cfg.health_check_interval,
             },
-            health_interval: cfg.health_check_interval,
             breaker,
             failure_statuses: StatusSet::new(&cfg.circuit_breaker.failure_status_codes),
-            max_retries: cfg.max_retries,
-            backoff: Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max()),
-            retry_budget_percent: cfg.retry_budget_percent,
+            retry: RetrySettings {
+                max_retries: cfg.max_retries,
+                backoff: Backoff::new(cfg.retry_backoff, cfg.effective_retry_backoff_max()),
+                budget_percent: cfg.retry_budget_percent,
+            },
             client_limits: ClientLimits {
                 header_timeout: cfg.client_header_timeout,
                 idle_timeout: cfg.client_idle_timeout,

@@ -39,7 +39,7 @@ fn a_gateway_error_with_nowhere_left_to_retry_is_passed_through_unblamed() {
     );
     for id in ["a", "b"] {
         let state = lb.backends().get(id).unwrap();
-        let breaker = state.breaker.as_ref().unwrap();
+        let breaker = state.breaker.load_full().unwrap();
         assert_eq!(breaker.state(), BreakerState::Closed, "{id}");
         assert_eq!(breaker.trips(), 0, "{id}");
         assert_eq!(

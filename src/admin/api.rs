@@ -10,6 +10,7 @@
 //! | `POST /api/backends/{id}/drain` | stop sending it new requests |
 //! | `POST /api/backends/{id}/undrain` | send it requests again |
 //! | `PUT` or `PATCH /api/backends/{id}` | change its weight: `{"weight": 5}` |
+//! | `POST /api/reload` | re-read the configuration file and apply it ([`crate::reload`]): 200 with what changed, 422 with every problem of an invalid file (nothing changed), 409 when there is no file or the backends conflict with ones added here |
 //!
 //! Every change goes through the [`BackendSet`] and takes effect at once. Its typed
 //! [`SetError`]s become statuses in one place (`ApiError`'s `From<SetError>`): unknown id 404, duplicate id
@@ -26,6 +27,7 @@ use serde_json::Value;
 use super::{error_response, json_response, AdminRequest, AdminState};
 use crate::backend::{BackendServer, BackendSet, BackendState, SetError, Weight};
 use crate::balance::Balancer;
+use crate::reload::ReloadError;
 
 /// A backend as the API shows it.
 #[derive(Debug, Serialize)]
@@ -65,10 +67,7 @@ impl BackendView {
             capacity: config.capacity,
             tags: config.tags,
             health: b.health.status().as_str(),
-            breaker: b
-                .breaker
-                .as_ref()
-                .map_or("disabled", |br| br.state().as_str()),
+            breaker: b.breaker_state(),
             draining: b.is_draining(),
             active_connections: b.stats.in_flight(),
             requests: b.stats.requests(),
@@ -153,7 +152,8 @@ impl ApiError {
 
 /// Checks `Authorization: Bearer <token>`.
 fn authorize(state: &AdminState, req: &AdminRequest) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
+    let token = state.token.load();
+    let Some(token) = token.as_deref() else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin API changes are disabled: set admin_token or admin_token_file",
@@ -190,6 +190,52 @@ impl From<SetError> for ApiError {
             SetError::Rebuild(_) | SetError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+/// The answer to a refused reload: the summary and every problem.
+#[derive(Serialize)]
+struct ReloadRefused {
+    error: String,
+    errors: Vec<String>,
+}
+
+/// Handles `POST /api/reload`: re-reads the configuration file and applies it.
+pub async fn reload(state: &AdminState, req: &AdminRequest) -> Response<Vec<u8>> {
+    if let Err(e) = authorize(state, req) {
+        return e.into_response();
+    }
+    let Some(reloader) = &state.reload else {
+        return ApiError::new(StatusCode::CONFLICT, ReloadError::NoFile.to_string())
+            .into_response();
+    };
+    let file = reloader
+        .file()
+        .map_or_else(String::new, |f| format!(" {}", f.display()));
+    match reloader.reload().await {
+        Ok(report) => json_response(StatusCode::OK, &report),
+        Err(e) => {
+            let (code, error) = match &e {
+                ReloadError::NoFile => (StatusCode::CONFLICT, e.to_string()),
+                ReloadError::Invalid(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("configuration{file} is invalid; nothing changed"),
+                ),
+                ReloadError::Backends(_) => (
+                    StatusCode::CONFLICT,
+                    format!(
+                        "configuration{file} conflicts with the running backends; nothing changed"
+                    ),
+                ),
+            };
+            json_response(
+                code,
+                &ReloadRefused {
+                    error,
+                    errors: e.messages(),
+                },
+            )
+        }
     }
 }
 

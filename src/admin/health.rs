@@ -62,10 +62,7 @@ impl ServerHealth {
             health: b.health.status().as_str(),
             active_connections: b.stats.in_flight(),
             weight: b.weight(),
-            breaker: b
-                .breaker
-                .as_ref()
-                .map_or("disabled", |br| br.state().as_str()),
+            breaker: b.breaker_state(),
             draining: b.is_draining(),
             last_check: last.at.map(rfc3339),
             last_error: last.error,

@@ -7,6 +7,7 @@
 //! | `GET /ready` | 200 while serving, 503 once shutdown has begun |
 //! | `GET /metrics` | Prometheus text; JSON snapshot with `Accept: application/json` or `?format=json` |
 //! | `/api/backends...` | list, add, remove, drain, set weight (mutations need the bearer token) |
+//! | `POST /api/reload` | re-read the configuration file and apply it in place (bearer token) |
 //! | `GET /` | the live dashboard |
 //!
 //! This module parses the request and routes it; each route's module builds the response.
@@ -18,6 +19,7 @@ pub mod health;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -30,6 +32,7 @@ use serde::Serialize;
 use crate::backend::BackendSet;
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -40,8 +43,11 @@ pub struct AdminState {
     pub backends: Arc<BackendSet<Balancer>>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
-    /// Bearer token required for mutating API calls; `None` refuses them.
-    pub token: Option<String>,
+    /// Bearer token required for mutating API calls; `None` refuses them. A reload may
+    /// replace it.
+    pub token: Arc<ArcSwapOption<String>>,
+    /// Applies the configuration file again (`POST /api/reload`).
+    pub reload: Option<Arc<Reloader>>,
     /// Longest a removal waits for a draining backend's requests to finish.
     pub drain_timeout: Duration,
 }
@@ -101,6 +107,8 @@ impl AdminApp {
             (_, p) if p == "/api/backends" || p.starts_with("/api/backends/") => {
                 api::handle(state, req).await
             }
+            (&Method::POST, "/api/reload") => api::reload(state, req).await,
+            (_, "/api/reload") => error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             (_, "/health" | "/ready" | "/metrics" | "/") => {
                 error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET")
             }

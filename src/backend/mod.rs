@@ -11,6 +11,6 @@ pub mod spec;
 pub mod state;
 
 pub use health::{HealthStatus, HealthTracker};
-pub use set::{block_on, BackendSet, HealthChecking, Removal, SetError};
+pub use set::{block_on, BackendSet, Removal, SetDiff, SetError};
 pub use spec::{BackendServer, BackendSpec, InvalidField, UpstreamUrl, Weight, MAX_WEIGHT};
 pub use state::{ewma_next, state_of, BackendState, BackendStats, InFlightGuard, STATUS_CLASSES};

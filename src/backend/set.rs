@@ -10,6 +10,12 @@
 //! [`BackendSet::snapshot`] is one `ArcSwap` load. Writers take an async mutex, one rebuild at a
 //! time, so an older member list can never be published after a newer one.
 //!
+//! Health and selection are apart so that a reload can change the strategy without losing
+//! health: one pingora [`HealthRegistry`] holds the health check and is run by the health
+//! service ([`crate::health`]), and the selector is a pingora load balancer over a view of that
+//! registry, swapped whole ([`BackendSet::set_selector`]) when its configuration changes.
+//! [`BackendSet::reconcile`] makes the members match a configuration file in one rebuild.
+//!
 //! The set is generic over the selection algorithm so that this module does not depend on the
 //! strategies (which read backend state): the proxy uses `BackendSet<crate::balance::Balancer>`.
 
@@ -22,11 +28,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::services::background::GenBackgroundService;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer as Pool};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer as Pool};
 
 use super::spec::{BackendSpec, InvalidField, Weight};
 use super::state::BackendState;
@@ -103,14 +108,6 @@ impl ServiceDiscovery for MemberDiscovery {
     }
 }
 
-/// Active health checking for the set's pingora pool.
-pub struct HealthChecking {
-    /// The check run against every backend.
-    pub check: Box<dyn HealthCheck + Send + Sync + 'static>,
-    /// How often.
-    pub every: Duration,
-}
-
 /// What a removal did.
 #[derive(Debug)]
 pub struct Removal {
@@ -122,12 +119,42 @@ pub struct Removal {
     pub waited: Duration,
 }
 
+/// What [`BackendSet::reconcile`] changed.
+#[derive(Debug, Default)]
+pub struct SetDiff {
+    /// Ids of the backends added.
+    pub added: Vec<String>,
+    /// Ids of the backends whose weight changed.
+    pub reweighted: Vec<String>,
+    /// Backends replaced by a new one with the same id (its URL, capacity or tags changed):
+    /// the old state, whose requests in flight finish.
+    pub replaced: Vec<Arc<BackendState>>,
+    /// Backends removed: their state, whose requests in flight finish.
+    pub removed: Vec<Arc<BackendState>>,
+}
+
+impl SetDiff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.reweighted.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+    }
+
+    /// The states that left the set (removed or replaced).
+    pub fn gone(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.removed.iter().chain(&self.replaced)
+    }
+}
+
 /// The one owner of the list of backends (see the module docs).
 pub struct BackendSet<S: BackendSelection> {
     members: Members,
-    pool: Arc<Pool<S>>,
-    rebuild: tokio::sync::Mutex<()>,
-    breaker: Option<BreakerSettings>,
+    registry: Arc<HealthRegistry>,
+    pool: ArcSwap<Pool<S>>,
+    /// One rebuild at a time; guards the breaker settings new backends get.
+    rebuild: tokio::sync::Mutex<Option<BreakerSettings>>,
 }
 
 impl<S> BackendSet<S>
@@ -135,32 +162,31 @@ where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
 {
-    /// An empty set whose selector is built with `config`, checked by `health` when given,
-    /// and whose backends each get a circuit breaker with `breaker` settings when given.
+    /// An empty set whose selector is built with `config`, checked by `health` when given
+    /// (run by a service over [`Self::health_registry`]), and whose backends each get a
+    /// circuit breaker with `breaker` settings when given.
     pub fn new(
         config: S::Config,
-        health: Option<HealthChecking>,
+        health: Option<Box<dyn HealthCheck + Send + Sync + 'static>>,
         breaker: Option<BreakerSettings>,
     ) -> Self {
         let members: Members = Arc::default();
-        let backends = Backends::new(Box::new(MemberDiscovery(members.clone())));
-        let mut pool = Pool::from_backends_with_config(backends, Some(config));
-        if let Some(h) = health {
-            pool.set_health_check(h.check);
-            pool.health_check_frequency = Some(h.every);
-            pool.parallel_health_check = true;
+        let registry = Arc::new(HealthRegistry::new());
+        if let Some(check) = health {
+            registry.set_health_check(check);
         }
+        let pool = pool_over(&members, &registry, config);
         Self {
             members,
-            pool: Arc::new(pool),
-            rebuild: tokio::sync::Mutex::new(()),
-            breaker,
+            registry,
+            pool: ArcSwap::from_pointee(pool),
+            rebuild: tokio::sync::Mutex::new(breaker),
         }
     }
 
-    /// Pingora's background service that runs the health checks over this set.
-    pub fn health_service(&self, name: &str) -> GenBackgroundService<Pool<S>> {
-        GenBackgroundService::new(name.to_string(), self.pool.clone())
+    /// Pingora's health registry of this set: a health service runs its checks.
+    pub fn health_registry(&self) -> &Arc<HealthRegistry> {
+        &self.registry
     }
 
     /// All members, in the order they were added (one lock-free load).
@@ -189,13 +215,13 @@ where
     where
         F: Fn(&Backend, bool) -> bool,
     {
-        self.pool.select_with(key, max_iterations, accept)
+        self.pool.load().select_with(key, max_iterations, accept)
     }
 
     /// Adds a validated backend; its id and address must be new. It takes traffic from the next
     /// request on.
     pub async fn add(&self, spec: BackendSpec) -> Result<Arc<BackendState>, SetError> {
-        let _one_at_a_time = self.rebuild.lock().await;
+        let breaker = self.rebuild.lock().await;
         let current = self.members.load_full();
         if current.iter().any(|b| b.id() == spec.id()) {
             return Err(SetError::DuplicateId(spec.id().to_string()));
@@ -207,7 +233,7 @@ where
                 existing: other.id().to_string(),
             });
         }
-        let state = BackendState::new(spec, self.breaker);
+        let state = BackendState::new(spec, *breaker);
         let mut next = Vec::clone(&current);
         next.push(state.clone());
         self.members.store(Arc::new(next));
@@ -289,11 +315,129 @@ where
             .ok_or_else(|| SetError::UnknownId(id.to_string()))
     }
 
+    /// Makes the members named in `specs` match them, and removes the members named in
+    /// `retire` that `specs` leaves out; other members (added through the API) stay. In one
+    /// rebuild: a new id is added, a changed weight is set, a changed URL, capacity or tags
+    /// replaces the backend (draining carried over), a retired one leaves the selector at once
+    /// while its requests in flight finish. The order of the members is kept, new ones last.
+    /// Nothing changes when the result would have two backends at one address.
+    pub async fn reconcile(
+        &self,
+        specs: Vec<BackendSpec>,
+        retire: &[String],
+    ) -> Result<SetDiff, SetError> {
+        let breaker = self.rebuild.lock().await;
+        let current = self.members.load_full();
+        let mut wanted: HashMap<String, BackendSpec> = specs
+            .iter()
+            .map(|s| (s.id().to_string(), s.clone()))
+            .collect();
+        let mut diff = SetDiff::default();
+        let mut reweigh = Vec::new();
+        let mut next = Vec::with_capacity(current.len() + specs.len());
+        for member in current.iter() {
+            match wanted.remove(member.id()) {
+                Some(spec) if member.runs(&spec) => {
+                    if member.weight() != spec.server().weight {
+                        let weight = Weight::new(spec.server().weight).map_err(|error| {
+                            SetError::Invalid {
+                                id: member.id().to_string(),
+                                error,
+                            }
+                        })?;
+                        reweigh.push((member.clone(), weight));
+                    }
+                    next.push(member.clone());
+                }
+                Some(spec) => {
+                    let state = BackendState::new(spec, *breaker);
+                    state.set_draining(member.is_draining());
+                    diff.replaced.push(member.clone());
+                    next.push(state);
+                }
+                None if retire.iter().any(|id| id == member.id()) => {
+                    diff.removed.push(member.clone())
+                }
+                None => next.push(member.clone()),
+            }
+        }
+        for spec in specs {
+            if let Some(spec) = wanted.remove(spec.id()) {
+                diff.added.push(spec.id().to_string());
+                next.push(BackendState::new(spec, *breaker));
+            }
+        }
+        unique_addresses(&next)?;
+        for (member, weight) in reweigh {
+            member.set_weight(weight);
+            diff.reweighted.push(member.id().to_string());
+        }
+        for gone in diff.gone() {
+            gone.set_draining(true);
+        }
+        if diff.is_empty() {
+            return Ok(diff);
+        }
+        self.members.store(Arc::new(next));
+        self.publish().await?;
+        Ok(diff)
+    }
+
+    /// Gives every member, and every backend added from now on, a circuit breaker with
+    /// `settings` (or none). Breakers keep their state under new thresholds.
+    pub async fn set_breakers(&self, settings: Option<BreakerSettings>) {
+        let mut breaker = self.rebuild.lock().await;
+        *breaker = settings;
+        for member in self.members.load().iter() {
+            member.set_breaker(settings);
+        }
+    }
+
+    /// Replaces the selector by one built with `config` (another strategy): requests select
+    /// through the new one as soon as it is built over the current members. Health is kept:
+    /// it lives in the registry and in each backend's state.
+    pub async fn set_selector(&self, config: S::Config) -> Result<(), SetError> {
+        let _one_at_a_time = self.rebuild.lock().await;
+        let pool = pool_over(&self.members, &self.registry, config);
+        pool.update().await.map_err(SetError::Rebuild)?;
+        self.pool.store(Arc::new(pool));
+        Ok(())
+    }
+
     /// Rebuilds pingora's backend set and selector from the members. The caller holds the
     /// rebuild lock.
     async fn publish(&self) -> Result<(), SetError> {
-        self.pool.update().await.map_err(SetError::Rebuild)
+        self.pool.load().update().await.map_err(SetError::Rebuild)
     }
+}
+
+/// A pingora load balancer selecting with `config` over the members, its health from
+/// `registry`.
+fn pool_over<S>(members: &Members, registry: &Arc<HealthRegistry>, config: S::Config) -> Pool<S>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let view = Backends::new_with_health_registry(
+        Box::new(MemberDiscovery(members.clone())),
+        registry.clone(),
+    );
+    Pool::from_backends_with_config(view, Some(config))
+}
+
+/// Refuses a member list with two backends at one address.
+fn unique_addresses(members: &[Arc<BackendState>]) -> Result<(), SetError> {
+    let mut seen: HashMap<SocketAddr, &str> = HashMap::with_capacity(members.len());
+    for m in members {
+        if let Some(existing) = seen.insert(m.addr, m.id()) {
+            return Err(SetError::DuplicateAddress {
+                id: m.id().to_string(),
+                addr: m.addr,
+                existing: existing.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` to completion from outside any async runtime (the library's synchronous API). The
@@ -391,6 +535,162 @@ mod tests {
             removal.waited >= Duration::from_secs(5) && removal.waited < Duration::from_secs(6),
             "it waited for the request, not the whole 30 s: {:?}",
             removal.waited
+        );
+    }
+
+    fn spec_with(id: &str, port: u16, f: impl FnOnce(&mut BackendServer)) -> BackendSpec {
+        let mut server = BackendServer::new(id, format!("http://127.0.0.1:{port}"));
+        f(&mut server);
+        BackendSpec::resolve(server).unwrap()
+    }
+
+    fn ids(set: &BackendSet<RoundRobin>) -> Vec<String> {
+        set.snapshot().iter().map(|b| b.id().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn reconcile_adds_reweights_replaces_and_retires_in_one_rebuild() {
+        let set: BackendSet<RoundRobin> = BackendSet::new((), None, None);
+        let a = set.add(spec("a", 1)).await.unwrap();
+        let b = set.add(spec("b", 2)).await.unwrap();
+        let c = set.add(spec("c", 3)).await.unwrap();
+        let api = set.add(spec("api", 9)).await.unwrap(); // added through the API
+        set.drain("b").unwrap();
+        let _in_flight = InFlightGuard::new(c.clone());
+
+        // nothing differs: nothing happens
+        let same = vec![spec("a", 1), spec("b", 2), spec("c", 3)];
+        let retire = ["a", "b", "c"].map(String::from);
+        assert!(set.reconcile(same, &retire).await.unwrap().is_empty());
+
+        // a: weight 4; b: new port (replaced, still draining); c: gone; d: new
+        let next = vec![
+            spec_with("a", 1, |s| s.weight = 4),
+            spec("b", 5),
+            spec("d", 6),
+        ];
+        let diff = set.reconcile(next, &retire).await.unwrap();
+        assert_eq!(diff.added, ["d"]);
+        assert_eq!(diff.reweighted, ["a"]);
+        assert!(Arc::ptr_eq(&diff.replaced[0], &b) && diff.replaced.len() == 1);
+        assert!(Arc::ptr_eq(&diff.removed[0], &c) && diff.removed.len() == 1);
+        assert!(c.is_draining(), "a removed backend is marked draining");
+        assert_eq!(ids(&set), ["a", "b", "api", "d"], "order kept, new last");
+        assert!(Arc::ptr_eq(&set.get("a").unwrap(), &a), "a kept its state");
+        assert_eq!(a.weight(), 4);
+        let new_b = set.get("b").unwrap();
+        assert_eq!((new_b.addr.port(), new_b.is_draining()), (5, true));
+        assert!(
+            Arc::ptr_eq(&set.get("api").unwrap(), &api),
+            "API members stay"
+        );
+        let selected = selected_ids(&set);
+        assert!(
+            selected.contains("d") && !selected.contains("c"),
+            "{selected:?}"
+        );
+        assert_eq!(
+            set.select_with(b"", 8, |b, _| b.weight == 4)
+                .unwrap()
+                .weight,
+            4
+        );
+
+        // capacity or tags changed: replaced too
+        let retire = ["a", "b", "d"].map(String::from);
+        let next = vec![
+            spec_with("a", 1, |s| {
+                s.weight = 4;
+                s.capacity = 10
+            }),
+            spec("b", 5),
+            spec("d", 6),
+        ];
+        let diff = set.reconcile(next, &retire).await.unwrap();
+        assert_eq!((diff.replaced.len(), diff.reweighted.len()), (1, 0));
+        assert_eq!(set.get("a").unwrap().server.capacity, 10);
+    }
+
+    #[tokio::test]
+    async fn reconcile_refuses_a_clash_and_changes_nothing() {
+        let set: BackendSet<RoundRobin> = BackendSet::new((), None, None);
+        set.add(spec("a", 1)).await.unwrap();
+        set.add(spec("api", 2)).await.unwrap();
+        let before = set.snapshot();
+        let retire = ["a".to_string()];
+        let next = vec![spec_with("a", 1, |s| s.weight = 3), spec("new", 2)];
+        let err = set.reconcile(next, &retire).await.unwrap_err();
+        assert!(
+            matches!(&err, SetError::DuplicateAddress { existing, .. } if existing == "api"),
+            "{err}"
+        );
+        assert!(Arc::ptr_eq(&before, &set.snapshot()), "members untouched");
+        assert_eq!(set.get("a").unwrap().weight(), 1, "weight untouched");
+    }
+
+    #[tokio::test]
+    async fn a_new_selector_takes_over_with_the_same_members() {
+        use crate::balance::{BalanceConfig, Balancer, Strategy};
+        let config = |strategy| BalanceConfig { strategy, seed: 7 };
+        let set: BackendSet<Balancer> = BackendSet::new(config(Strategy::RoundRobin), None, None);
+        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            set.add(spec(id, port)).await.unwrap();
+        }
+        let picks = |set: &BackendSet<Balancer>| -> BTreeSet<String> {
+            (0..12)
+                .filter_map(|_| set.select_with(b"client-1", 8, |_, _| true))
+                .filter_map(|b| state_of(&b).map(|s| s.id().to_string()))
+                .collect()
+        };
+        assert_eq!(picks(&set).len(), 3, "round robin rotates");
+        set.set_selector(config(Strategy::ConsistentHashing))
+            .await
+            .unwrap();
+        assert_eq!(picks(&set).len(), 1, "one key, one backend on the ring");
+        set.add(spec("d", 4)).await.unwrap();
+        set.set_selector(config(Strategy::RoundRobin))
+            .await
+            .unwrap();
+        assert_eq!(picks(&set).len(), 4, "later changes reach the new selector");
+    }
+
+    #[tokio::test]
+    async fn breakers_are_reconfigured_added_and_removed() {
+        let on = BreakerSettings {
+            failure_threshold: 1,
+            recovery_threshold: 1,
+            timeout: Duration::from_secs(60),
+            half_open_max_calls: 1,
+        };
+        let set: BackendSet<RoundRobin> = BackendSet::new((), None, None);
+        let a = set.add(spec("a", 1)).await.unwrap();
+        assert!(a.breaker.load().is_none());
+        set.set_breakers(Some(on)).await;
+        let now = std::time::Instant::now();
+        a.breaker
+            .load_full()
+            .unwrap()
+            .try_acquire(now)
+            .unwrap()
+            .failure(now);
+        assert_eq!(a.breaker_state(), "open");
+        let looser = BreakerSettings {
+            failure_threshold: 5,
+            ..on
+        };
+        set.set_breakers(Some(looser)).await;
+        assert_eq!(a.breaker_state(), "open", "state kept");
+        assert_eq!(a.breaker.load_full().unwrap().settings(), looser);
+        let b = set.add(spec("b", 2)).await.unwrap();
+        assert_eq!(
+            b.breaker.load_full().unwrap().settings(),
+            looser,
+            "new backends too"
+        );
+        set.set_breakers(None).await;
+        assert_eq!(
+            (a.breaker_state(), b.breaker_state()),
+            ("disabled", "disabled")
         );
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use pingora_load_balancing::Backend;
 
 use super::health::HealthTracker;
@@ -177,8 +178,9 @@ pub struct BackendState {
     pub stats: BackendStats,
     /// Active health-check view (unknown until the first check).
     pub health: HealthTracker,
-    /// Circuit breaker, when `circuit_breaker_enabled`.
-    pub breaker: Option<Arc<CircuitBreaker>>,
+    /// Circuit breaker, when `circuit_breaker_enabled` (swapped by a reload: see
+    /// [`Self::set_breaker`]).
+    pub breaker: ArcSwapOption<CircuitBreaker>,
     /// Current weight (the admin API can change it; `server.weight` is the initial one).
     weight: AtomicU32,
     /// Draining: no new requests; requests in flight finish.
@@ -195,7 +197,7 @@ impl BackendState {
             stats: BackendStats::default(),
             health: HealthTracker::default(),
             weight: AtomicU32::new(server.weight),
-            breaker: breaker.map(|b| Arc::new(CircuitBreaker::new(b))),
+            breaker: ArcSwapOption::new(breaker.map(|b| Arc::new(CircuitBreaker::new(b)))),
             draining: AtomicBool::new(false),
             server,
         })
@@ -204,6 +206,42 @@ impl BackendState {
     /// Validates `server` (resolving its URL) and creates its state, without a breaker.
     pub fn validated(server: BackendServer) -> Result<Arc<Self>, super::InvalidField> {
         Ok(Self::new(BackendSpec::resolve(server)?, None))
+    }
+
+    /// The circuit breaker's state, or `disabled`.
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker
+            .load()
+            .as_ref()
+            .map_or("disabled", |b| b.state().as_str())
+    }
+
+    /// Closed→open transitions of the circuit breaker (0 without one).
+    pub fn breaker_trips(&self) -> u64 {
+        self.breaker.load().as_ref().map_or(0, |b| b.trips())
+    }
+
+    /// Gives the backend a breaker with `settings`, or none. A breaker it has keeps its state
+    /// under the new thresholds ([`CircuitBreaker::reconfigured`]).
+    pub(crate) fn set_breaker(&self, settings: Option<BreakerSettings>) {
+        let current = self.breaker.load_full();
+        let next = match (settings, current) {
+            (None, _) => None,
+            (Some(s), None) => Some(Arc::new(CircuitBreaker::new(s))),
+            (Some(s), Some(old)) if old.settings() == s => return,
+            (Some(s), Some(old)) => Some(Arc::new(old.reconfigured(s))),
+        };
+        self.breaker.store(next);
+    }
+
+    /// Whether this backend runs `spec` as it is, weight aside: same address, URL, capacity and
+    /// tags. (A reload replaces a backend whose spec changed otherwise.)
+    pub fn runs(&self, spec: &BackendSpec) -> bool {
+        let (s, other) = (&self.server, spec.server());
+        self.addr == spec.addr()
+            && s.url == other.url
+            && s.capacity == other.capacity
+            && s.tags == other.tags
     }
 
     /// The backend's id.

@@ -150,6 +150,16 @@ impl Rules {
         Self { settings, epoch }
     }
 
+    /// The same epoch with other settings, so deadlines already in a word keep their meaning.
+    pub(super) fn with_settings(&self, settings: BreakerSettings) -> Self {
+        Self::new(settings, self.epoch)
+    }
+
+    /// The settings, clamped.
+    pub(super) fn settings(&self) -> BreakerSettings {
+        self.settings
+    }
+
     /// `t` in whole milliseconds since the epoch (0 before it). A deadline and the time it is
     /// compared with are rounded the same way, so it never passes more than 1 ms early.
     fn millis(&self, t: Instant) -> u64 {

@@ -93,6 +93,24 @@ impl CircuitBreaker {
         }
     }
 
+    /// A breaker with new `settings` that carries this one's state on: its state, streak,
+    /// probes, reopen deadline and trip count (a reload changes thresholds without closing an
+    /// open breaker). Permits of this breaker still report here, not to the new one.
+    pub fn reconfigured(&self, settings: BreakerSettings) -> Self {
+        Self {
+            rules: self.rules.with_settings(settings),
+            word: AtomicU64::new(self.word.load(Ordering::Acquire)),
+            trips: AtomicU64::new(self.trips()),
+            #[cfg(test)]
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings this breaker runs with (the probe counts clamped to what a word holds).
+    pub fn settings(&self) -> BreakerSettings {
+        self.rules.settings()
+    }
+
     /// Replaces the word `current` with `next`; on a race, the word that won.
     fn swap(&self, current: u64, next: u64) -> Result<(), u64> {
         #[cfg(test)]

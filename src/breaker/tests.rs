@@ -157,6 +157,34 @@ fn shared_breaker_fast_path_and_permits() {
 }
 
 #[test]
+fn a_reconfigured_breaker_keeps_its_state_and_uses_the_new_thresholds() {
+    let t0 = Instant::now();
+    let b = Arc::new(CircuitBreaker::new(S));
+    b.try_acquire(t0).unwrap().failure(t0);
+    b.try_acquire(t0).unwrap().failure(t0);
+    // two failures of three: one more trips with the old settings; lower the threshold to 2
+    // and the streak already reached it, so the next failure trips
+    let tighter = BreakerSettings {
+        failure_threshold: 2,
+        timeout: Duration::from_secs(60),
+        ..S
+    };
+    let b = Arc::new(b.reconfigured(tighter));
+    assert_eq!((b.state(), b.settings()), (Closed, tighter));
+    b.try_acquire(t0).unwrap().failure(t0);
+    assert_eq!((b.state(), b.trips()), (Open, 1));
+    // an open breaker stays open through a reconfiguration, deadline and trip count kept
+    let looser = BreakerSettings {
+        failure_threshold: 10,
+        ..tighter
+    };
+    let b = Arc::new(b.reconfigured(looser));
+    assert_eq!((b.state(), b.trips()), (Open, 1));
+    assert!(b.try_acquire(t0 + Duration::from_secs(59)).is_none());
+    assert!(b.try_acquire(t0 + Duration::from_secs(60)).is_some());
+}
+
+#[test]
 fn shared_breaker_ignores_failures_of_requests_admitted_before_a_recovery() {
     let settings = BreakerSettings {
         failure_threshold: 1,

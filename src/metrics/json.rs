@@ -23,7 +23,7 @@ impl Metrics {
         let mut servers = Map::new();
         let mut trips_sum = 0u64;
         for b in backends {
-            let trips = b.breaker.as_ref().map_or(0, |br| br.trips());
+            let trips = b.breaker_trips();
             trips_sum += trips;
             let requests = b.stats.requests();
             let failures = b.stats.failures();
@@ -39,7 +39,7 @@ impl Metrics {
                     "url": b.server.url,
                     "weight": b.weight(),
                     "health": b.health.status().as_str(),
-                    "breaker": b.breaker.as_ref().map_or("disabled", |br| br.state().as_str()),
+                    "breaker": b.breaker_state(),
                     "draining": b.is_draining(),
                     "requests": requests,
                     "failures": failures,
@@ -65,7 +65,7 @@ impl Metrics {
             "retry_budget_exhausted": self.retry_budget_exhausted(),
             "rate_limited_requests": self.rate_limited_requests(),
             "uptime_seconds": self.uptime().as_secs_f64(),
-            "strategy": self.strategy.as_str(),
+            "strategy": self.strategy().as_str(),
             "version": VERSION,
             "servers": servers,
         })

@@ -37,7 +37,7 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,15 @@ use crate::balance::Strategy;
 use crate::histogram::nanos;
 use rate::RateWindow;
 use registry::Prom;
+
+/// Position of `strategy` in [`Strategy::ALL`].
+fn strategy_index(strategy: Strategy) -> u8 {
+    Strategy::ALL
+        .iter()
+        .position(|s| *s == strategy)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(0)
+}
 
 /// Fulcrum's version, as reported by `fulcrum_build_info` and the JSON snapshot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -99,7 +108,8 @@ pub struct RequestRecord<'a> {
 #[derive(Debug)]
 pub struct Metrics {
     enabled: bool,
-    strategy: Strategy,
+    /// Index in [`Strategy::ALL`] (a reload may change it).
+    strategy: AtomicU8,
     started: Instant,
     /// Every finished request by class (backend or not).
     requests: [AtomicU64; CODE_CLASSES.len()],
@@ -124,7 +134,7 @@ impl Metrics {
         };
         Self {
             enabled,
-            strategy,
+            strategy: AtomicU8::new(strategy_index(strategy)),
             started: Instant::now(),
             requests: Default::default(),
             unrouted: Default::default(),
@@ -141,7 +151,30 @@ impl Metrics {
 
     /// The strategy reported in the snapshot.
     pub fn strategy(&self) -> Strategy {
+        let i = usize::from(self.strategy.load(Ordering::Relaxed));
+        Strategy::ALL.get(i).copied().unwrap_or_default()
+    }
+
+    /// Reports `strategy` from now on (a reload changed it).
+    pub fn set_strategy(&self, strategy: Strategy) {
         self.strategy
+            .store(strategy_index(strategy), Ordering::Relaxed);
+        if let Some(p) = &self.prom {
+            p.set_strategy(strategy);
+        }
+    }
+
+    /// Counts a configuration reload and whether it succeeded.
+    pub fn record_reload(&self, success: bool) {
+        if let Some(p) = &self.prom {
+            p.record_reload(success);
+        }
+    }
+
+    /// Reloads so far that succeeded (`true`) or failed (`false`).
+    pub fn reloads(&self, success: bool) -> u64 {
+        let outcome = if success { "success" } else { "failure" };
+        self.read(|p| p.reloads.with_label_values(&[outcome]).get())
     }
 
     /// Time since these metrics were created (the load balancer's uptime).

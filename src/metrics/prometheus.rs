@@ -75,7 +75,7 @@ impl Metrics {
             draining.push(gauge(&backend, flag(b.is_draining())));
             attempts.push(counter(&backend, b.stats.requests()));
             failures.push(counter(&backend, b.stats.failures()));
-            if let Some(br) = &b.breaker {
+            if let Some(br) = &*b.breaker.load() {
                 breaker_state.extend(state_gauges(
                     id,
                     [

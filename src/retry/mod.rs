@@ -29,11 +29,22 @@ pub enum RetryDecision {
     BudgetSpent,
 }
 
+/// What a [`RetryPolicy`] is built from (`max_retries`, `retry_backoff`, `retry_backoff_max`,
+/// `retry_budget_percent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Wait before each retry.
+    pub backoff: Backoff,
+    /// Retries as a share of recent requests.
+    pub budget_percent: u32,
+}
+
 /// When and how often a failed request is retried (`max_retries`, backoff, budget).
 #[derive(Debug)]
 pub struct RetryPolicy {
-    max_retries: u32,
-    backoff: Backoff,
+    settings: RetrySettings,
     budget: RetryBudget,
     epoch: Instant,
     rng: SplitMix64,
@@ -41,14 +52,18 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// A policy allowing `max_retries` retries per request within `budget_percent` % of traffic.
-    pub fn new(max_retries: u32, backoff: Backoff, budget_percent: u32, seed: u64) -> Self {
+    pub fn new(settings: RetrySettings, seed: u64) -> Self {
         Self {
-            max_retries,
-            backoff,
-            budget: RetryBudget::new(budget_percent),
+            settings,
+            budget: RetryBudget::new(settings.budget_percent),
             epoch: Instant::now(),
             rng: SplitMix64::new(seed),
         }
+    }
+
+    /// What the policy was built from.
+    pub fn settings(&self) -> RetrySettings {
+        self.settings
     }
 
     /// `now` as time since the policy was made (the budget's clock).
@@ -64,7 +79,7 @@ impl RetryPolicy {
     /// Whether a request that has made `attempts` attempts has a retry left under
     /// `max_retries` (the budget aside). Checking it costs nothing.
     pub fn attempts_left(&self, attempts: u32) -> bool {
-        attempts <= self.max_retries
+        attempts <= self.settings.max_retries
     }
 
     /// Whether a request that has made `attempts` attempts may make another, taking it from the
@@ -81,7 +96,7 @@ impl RetryPolicy {
 
     /// The wait before retry number `retry` (1-based), jittered.
     pub fn delay(&self, retry: u32) -> Duration {
-        self.backoff.delay(retry, self.rng.next_u64())
+        self.settings.backoff.delay(retry, self.rng.next_u64())
     }
 }
 
@@ -184,7 +199,14 @@ mod tests {
     fn policy_caps_attempts_then_budget() {
         use RetryDecision::*;
         let backoff = Backoff::new(ms(10), ms(100));
-        let policy = RetryPolicy::new(2, backoff, 0, 7);
+        let policy = RetryPolicy::new(
+            RetrySettings {
+                max_retries: 2,
+                backoff,
+                budget_percent: 0,
+            },
+            7,
+        );
         let now = Instant::now();
         assert_eq!(policy.decide(1, now), Retry);
         assert_eq!(policy.decide(2, now), Retry);
@@ -210,7 +232,14 @@ mod tests {
         use std::sync::{Arc, Barrier};
         let backoff = Backoff::new(ms(10), ms(100));
         for round in 0..50 {
-            let policy = Arc::new(RetryPolicy::new(3, backoff, 20, round));
+            let policy = Arc::new(RetryPolicy::new(
+                RetrySettings {
+                    max_retries: 3,
+                    backoff,
+                    budget_percent: 20,
+                },
+                round,
+            ));
             let now = Instant::now();
             for _ in 0..1000 {
                 policy.record_request(now);

@@ -151,7 +151,7 @@ pub fn choose(
             return false;
         }
         // The breaker first: a refused candidate must not count as a request to its backend.
-        let permit = match &state.breaker {
+        let permit = match &*state.breaker.load() {
             None => None,
             Some(breaker) => match breaker.try_acquire(now) {
                 Some(p) => Some(p),
@@ -292,7 +292,7 @@ mod tests {
         }
         assert_eq!(choose(&s, b"", &[], now).unwrap_err(), Refusal::AllOpen);
         for b in s.snapshot().iter() {
-            assert_eq!(b.breaker.as_ref().unwrap().trips(), 1);
+            assert_eq!(b.breaker.load_full().unwrap().trips(), 1);
             assert_eq!(b.stats.failures(), 1);
         }
 
@@ -317,7 +317,10 @@ mod tests {
         let mut a = choose(&s, b"", &[], now).unwrap();
         let state = a.state().clone();
         a.settle(false, now);
-        assert_eq!(state.breaker.as_ref().unwrap().state(), BreakerState::Open);
+        assert_eq!(
+            state.breaker.load_full().unwrap().state(),
+            BreakerState::Open
+        );
         assert_eq!(
             state.stats.in_flight(),
             1,
@@ -338,6 +341,9 @@ mod tests {
         let back = b.release();
         assert_eq!(back.stats.failures(), 0);
         assert_eq!(back.stats.latency_ewma(), None);
-        assert_eq!(back.breaker.as_ref().unwrap().state(), BreakerState::Closed);
+        assert_eq!(
+            back.breaker.load_full().unwrap().state(),
+            BreakerState::Closed
+        );
     }
 }
