@@ -18,6 +18,7 @@ use fulcrum::server::RunningLoadBalancer;
 use fulcrum::{LoadBalancer, Strategy};
 
 mod client;
+pub mod instance;
 pub mod load;
 pub mod process;
 mod raw_backend;
