@@ -389,8 +389,9 @@ async fn wait_idle(states: &[Arc<BackendState>], limit: Duration) -> bool {
     }
 }
 
-/// Pingora background service reloading on SIGHUP. Installed in every process (also without a
-/// file, where it only logs), so a SIGHUP never kills Fulcrum once it runs.
+/// Pingora background service reloading on SIGHUP. Installed whenever Fulcrum owns the
+/// process's signals (the binary, `LoadBalancer::run`), also without a file (it only logs
+/// then), so a SIGHUP never kills Fulcrum once it runs.
 pub struct ReloadOnHangup(pub Arc<Reloader>);
 
 #[async_trait]

@@ -211,7 +211,7 @@ impl LoadBalancer {
         let (listen, admin, backends) = (self.listen, self.admin, self.backends.clone());
         let notify = Arc::new(tokio::sync::Notify::new());
         let signal = NotifySignal(notify.clone());
-        let (server, reloader) = self.build_with_reloader(None)?;
+        let (server, reloader) = self.build_with_reloader(None, false)?;
         let thread = std::thread::Builder::new()
             .name("fulcrum".into())
             .spawn(move || {
@@ -238,12 +238,17 @@ impl LoadBalancer {
     /// admin, reload on SIGHUP. Nothing here starts a thread or a runtime: pingora starts the
     /// services after any fork into the background.
     fn build(self, opt: Option<Opt>) -> Result<Server, StartError> {
-        self.build_with_reloader(opt).map(|(server, _)| server)
+        self.build_with_reloader(opt, true)
+            .map(|(server, _)| server)
     }
 
+    /// [`Self::build`], returning the reloader too. `hangup` installs the SIGHUP listener:
+    /// only when the load balancer owns the process's signals ([`Self::run`]), never for
+    /// [`Self::start`], which runs inside an embedder's process.
     fn build_with_reloader(
         mut self,
         opt: Option<Opt>,
+        hangup: bool,
     ) -> Result<(Server, Arc<Reloader>), StartError> {
         let server_conf = std::mem::take(&mut self.settings.server_conf);
         let (cfg, settings) = (&self.config, &self.settings);
@@ -320,10 +325,12 @@ impl LoadBalancer {
             server.add_service(background_service("drain", drain));
         }
         server.add_service(admin_service);
-        server.add_service(background_service(
-            "reload on SIGHUP",
-            ReloadOnHangup(reloader.clone()),
-        ));
+        if hangup {
+            server.add_service(background_service(
+                "reload on SIGHUP",
+                ReloadOnHangup(reloader.clone()),
+            ));
+        }
         log::info!(
             "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
             self.listen,
