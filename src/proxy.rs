@@ -61,6 +61,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Timeout of each read from and write to the backend.
     pub request_timeout: Duration,
+    /// Timeout of each read and write, on both sides, of a WebSocket (in place of
+    /// `request_timeout`).
+    pub websocket_idle_timeout: Duration,
     /// Where access-log lines go (`None` when `logging_enabled` is off).
     pub access_log: Option<Arc<AccessLog>>,
     /// `X-Forwarded-Proto` value: `http` or `https`.
@@ -82,6 +85,7 @@ impl std::fmt::Debug for ProxySettings {
             .field("key", &self.key)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("websocket_idle_timeout", &self.websocket_idle_timeout)
             .field("scheme", &self.scheme)
             .field("rate_limit", &self.rate_limit.as_ref().map(|r| r.limit()))
             .field("retry", &self.retry.settings())

@@ -109,6 +109,7 @@ pub fn proxy_settings(
         key: settings.key.clone(),
         connect_timeout: settings.connect_timeout,
         request_timeout: settings.request_timeout,
+        websocket_idle_timeout: settings.websocket_idle_timeout,
         access_log,
         scheme: "http",
         failure_statuses: settings.failure_statuses.clone(),

@@ -57,6 +57,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Timeout of each read from and write to a backend.
     pub request_timeout: Duration,
+    /// Timeout of each read and write on either side of a WebSocket.
+    pub websocket_idle_timeout: Duration,
     /// Longest wait for requests in flight when stopping or removing a backend.
     pub shutdown_timeout: Duration,
 }
@@ -104,6 +106,7 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
             connect_timeout: cfg.connect_timeout,
             request_timeout: cfg.request_timeout,
+            websocket_idle_timeout: cfg.websocket_idle_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
             rate_limit: match cfg.rate_limit {
                 None => None,

@@ -144,6 +144,11 @@ pub struct LoadBalancerConfig {
     /// Timeout of each read from and write to a backend, per attempt (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
+    /// Timeout of each read from and write to either side of a WebSocket, in place of
+    /// `request_timeout` once a request asks for `Upgrade: websocket` (default 1h, > 0): a
+    /// WebSocket whose client or backend sends nothing for this long is closed.
+    #[serde(with = "serde_duration")]
+    pub websocket_idle_timeout: Duration,
     /// Limit on the TCP connect to a backend, per attempt (default 5s, > 0).
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
@@ -221,6 +226,7 @@ impl Default for LoadBalancerConfig {
             ssl_cert_file: None,
             ssl_key_file: None,
             request_timeout: Duration::from_secs(30),
+            websocket_idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),

@@ -50,6 +50,7 @@ enable_ssl: false
 ssl_cert_file: null
 ssl_key_file: null
 request_timeout: 1m
+websocket_idle_timeout: 20m
 connect_timeout: 2s
 client_header_timeout: 5s
 client_idle_timeout: 2m
@@ -121,6 +122,7 @@ fn full_yaml_parses_to_the_expected_struct() {
         ssl_cert_file: None,
         ssl_key_file: None,
         request_timeout: Duration::from_secs(60),
+        websocket_idle_timeout: Duration::from_secs(1200),
         connect_timeout: Duration::from_secs(2),
         client_header_timeout: Duration::from_secs(5),
         client_idle_timeout: Duration::from_secs(120),

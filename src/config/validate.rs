@@ -22,6 +22,7 @@ impl LoadBalancerConfig {
             ),
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
+            ("websocket_idle_timeout", self.websocket_idle_timeout),
             ("connect_timeout", self.connect_timeout),
             ("client_header_timeout", self.client_header_timeout),
             ("client_idle_timeout", self.client_idle_timeout),

@@ -39,7 +39,7 @@ fn each_variable_writes_the_key_it_names() {
         retry_backoff=250ms retry_backoff_max=10s retry_budget_percent=50 \
         enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h enable_ssl=yes \
         ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem request_timeout=1m \
-        connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
+        websocket_idle_timeout=2h connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
         max_request_header_size=65536 underscores_in_headers=true max_idle_conns=64 \
         max_idle_conns_per_host=8 \
         circuit_breaker_enabled=off circuit_breaker.failure_threshold=9 \
