@@ -1,5 +1,5 @@
 //! Request headers Fulcrum adds or reads: `X-Forwarded-*`, `X-Real-IP`, `Forwarded`,
-//! `X-Request-Id`, cookies.
+//! `X-Request-Id`, cookies, `Upgrade: websocket`.
 //!
 //! Pure functions over pingora's header types; the proxy calls them from its filters.
 //!
@@ -178,6 +178,18 @@ pub fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> 
         })
 }
 
+/// Whether the request asks to become a WebSocket: HTTP/1.1 with `Upgrade: websocket` (any
+/// case). This is exactly the request pingora forwards as an upgrade (its default upstream
+/// request policy strips every other `Upgrade`), so the timeouts chosen from it apply to the
+/// streams that can switch.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,5 +349,29 @@ mod tests {
         assert_eq!(cookie_value(&req, "b"), Some(&b"2"[..]));
         assert_eq!(cookie_value(&req, "sess"), Some(&b"no"[..]));
         assert_eq!(cookie_value(&req, "c"), None);
+    }
+
+    #[test]
+    fn recognises_websocket_upgrades() {
+        use http::Version;
+        // (version, Upgrade value; every request says `Connection: Upgrade`) -> WebSocket
+        let cases = [
+            (Version::HTTP_11, Some("websocket"), true),
+            (Version::HTTP_11, Some("WebSocket"), true),
+            (Version::HTTP_11, Some("h2c"), false),
+            (Version::HTTP_11, Some("websocket, h2c"), false),
+            (Version::HTTP_11, None, false),
+            (Version::HTTP_10, Some("websocket"), false),
+            (Version::HTTP_2, Some("websocket"), false),
+        ];
+        for (version, upgrade, want) in cases {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.set_version(version);
+            req.insert_header("Connection", "Upgrade").unwrap();
+            if let Some(upgrade) = upgrade {
+                req.insert_header("Upgrade", upgrade).unwrap();
+            }
+            assert_eq!(is_websocket_upgrade(&req), want, "{version:?} {upgrade:?}");
+        }
     }
 }

@@ -3,17 +3,20 @@
 //! Each hook is a few lines that call the module owning the concern, in the order of a request's
 //! life:
 //!
-//! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id.
+//! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id; a
+//!    WebSocket ([`is_websocket_upgrade`]) waits on the client up to `websocket_idle_timeout`.
 //! 2. `request_filter` — per-client rate limit ([`RateLimiter`]): 429 when over
 //!    ([`responses`]).
 //! 3. `upstream_peer` — [`upstream::choose`] a backend; on a retry, wait the backoff and take
-//!    the backend chosen when the retry was decided.
+//!    the backend chosen when the retry was decided. Backend reads and writes wait up to
+//!    `request_timeout`, or `websocket_idle_timeout` for a WebSocket.
 //! 4. `fail_to_connect` / `error_while_proxy` — the attempt ended badly: [`upstream::verdict`]
 //!    says whether the backend is blamed and whether to retry; a retry happens when
 //!    [`RetryPolicy`] allows it (attempts, budget) and another backend can take it.
 //! 5. `upstream_request_filter` — forwarded headers (believed only from trusted proxies,
 //!    [`write_forwarded`]), `X-Request-Id`.
-//! 6. `upstream_response_filter` — latency average; a failure status counts against the breaker;
+//! 6. `upstream_response_filter` — latency average; a failure status counts against the breaker,
+//!    a `101` settles the attempt as a success (a WebSocket's later end is not a verdict);
 //!    a 502/503/504 to an idempotent request is retried on another backend before anything
 //!    reaches the client, and passed through as it is when no retry is possible.
 //! 7. `response_filter` — echo `X-Request-Id`.
@@ -45,7 +48,7 @@ use crate::backend::{BackendSet, BackendState};
 use crate::balance::{Balancer, RequestKey};
 use crate::breaker::StatusSet;
 use crate::client::TrustedProxies;
-use crate::headers::{forwarded_for_values, write_forwarded, RequestIds};
+use crate::headers::{forwarded_for_values, is_websocket_upgrade, write_forwarded, RequestIds};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::ratelimit::RateLimiter;
 use crate::responses;
@@ -108,6 +111,10 @@ pub struct Ctx {
     /// The client as far as we trust (rate limit, IP hash).
     client_ip: Option<IpAddr>,
     request_id: Option<HeaderValue>,
+    /// The request asks to become a WebSocket.
+    websocket: bool,
+    /// From the start to the backend's `101`, once it switched.
+    switched: Option<Duration>,
     /// Attempts made so far (1 after the first `upstream_peer`).
     attempts: u32,
     /// The current attempt.
@@ -131,6 +138,8 @@ impl Ctx {
             peer_ip: None,
             client_ip: None,
             request_id: None,
+            websocket: false,
+            switched: None,
             attempts: 0,
             attempt: None,
             next: None,
@@ -272,6 +281,13 @@ impl ProxyHttp for Proxy {
                 .client_ip(peer, forwarded_for_values(session.req_header()))
         });
         ctx.request_id = self.ids.for_request(session.get_header("x-request-id"));
+        ctx.websocket = is_websocket_upgrade(session.req_header());
+        if ctx.websocket {
+            // pingora's default 60 s per client read would cut a quiet WebSocket
+            let idle = Some(ctx.settings.websocket_idle_timeout);
+            session.set_read_timeout(idle);
+            session.set_write_timeout(idle);
+        }
         Ok(())
     }
 
@@ -305,8 +321,12 @@ impl ProxyHttp for Proxy {
         };
         let mut peer = HttpPeer::new(attempt.state().addr, false, String::new());
         peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
-        peer.options.read_timeout = Some(ctx.settings.request_timeout);
-        peer.options.write_timeout = Some(ctx.settings.request_timeout);
+        let io_timeout = match ctx.websocket {
+            true => ctx.settings.websocket_idle_timeout,
+            false => ctx.settings.request_timeout,
+        };
+        peer.options.read_timeout = Some(io_timeout);
+        peer.options.write_timeout = Some(io_timeout);
         attempt.begin(Instant::now());
         ctx.attempts += 1;
         ctx.attempt = Some(attempt);
@@ -394,9 +414,10 @@ impl ProxyHttp for Proxy {
         attempt.state().stats.record_response(status);
         ctx.upstream_time = Some(took);
         let failure_status = ctx.settings.failure_statuses.contains(status);
-        if failure_status {
-            attempt.settle(false, now);
-        } // a success is settled when the whole response went through (see `logging`)
+        ctx.switched = (status == 101).then(|| now.saturating_duration_since(ctx.started));
+        if failure_status || status == 101 {
+            attempt.settle(!failure_status, now); // what a WebSocket does later is no verdict
+        } // any other success is settled when the whole response went through (see `logging`)
         let end = AttemptEnd::Status {
             status,
             failure_status,
@@ -476,7 +497,8 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics.record_request(&RequestRecord {
             status,
-            total: ctx.started.elapsed(),
+            // a WebSocket's request lasts until it closes: its latency is up to the switch
+            total: ctx.switched.unwrap_or_else(|| ctx.started.elapsed()),
             upstream: ctx.upstream_time,
             backend: ctx.backend(),
             attempts: ctx.attempts,

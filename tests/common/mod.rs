@@ -22,6 +22,7 @@ pub mod instance;
 pub mod load;
 pub mod process;
 mod raw_backend;
+pub mod ws;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
 #[allow(unused_imports)]
@@ -251,16 +252,24 @@ pub fn health(lb: &RunningLoadBalancer) -> (u16, serde_json::Value) {
     (r.status, serde_json::from_str(&r.body).expect("json"))
 }
 
-/// The health string `/health` reports for backend `id`.
-pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+/// Backend `id`'s entry in `/health` (`null` when it has none).
+pub fn server_health(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
     let (_, json) = health(lb);
     json["servers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["id"] == id)
-        .map(|s| s["health"].as_str().unwrap().to_string())
+        .cloned()
         .unwrap_or_default()
+}
+
+/// The health string `/health` reports for backend `id`.
+pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+    server_health(lb, id)["health"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Calls the admin API: `method path` with an optional JSON `body` and bearer `token`.
