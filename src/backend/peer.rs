@@ -96,7 +96,18 @@ impl Serialize for UpstreamProtocol {
 
 impl<'de> Deserialize<'de> for UpstreamProtocol {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+        /// Fails inside the string's own deserializer, so that the error names the key.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = UpstreamProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("h1 or h2")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                UpstreamProtocol::try_from(v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
