@@ -4,7 +4,7 @@
 //! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
 //! way a test skips when an external tool is missing ([`tools_present`]). Process-level
 //! tests use [`process`] (the built binary) and [`load`] (continuous load with counted
-//! outcomes).
+//! outcomes). HTTPS and HTTP/2 backends with generated certificates: [`tls_backend`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub mod instance;
 pub mod load;
 pub mod process;
 mod raw_backend;
+pub mod tls_backend;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
 #[allow(unused_imports)]
