@@ -13,7 +13,6 @@ use common::tls_backend::{TestPki, TestServer};
 use common::*;
 use fulcrum::backend::{BackendServer, UpstreamProtocol};
 use fulcrum::config::{LoadBalancerConfig, Secret};
-use fulcrum::server::RunningLoadBalancer;
 use fulcrum::Strategy;
 
 const TOKEN: &str = "upstream-tls-token-0123456789";
@@ -28,18 +27,6 @@ fn test_config(backends: Vec<BackendServer>) -> LoadBalancerConfig {
     let mut cfg = config(Strategy::RoundRobin, &[]);
     cfg.backends = backends;
     cfg
-}
-
-/// `/health`'s entry for `id`.
-fn health_entry(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
-    let (_, json) = health(lb);
-    json["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .cloned()
-        .unwrap_or_default()
 }
 
 #[test]

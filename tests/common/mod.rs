@@ -252,16 +252,24 @@ pub fn health(lb: &RunningLoadBalancer) -> (u16, serde_json::Value) {
     (r.status, serde_json::from_str(&r.body).expect("json"))
 }
 
-/// The health string `/health` reports for backend `id`.
-pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+/// `/health`'s entry for backend `id` (null when there is none).
+pub fn health_entry(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
     let (_, json) = health(lb);
     json["servers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["id"] == id)
-        .map(|s| s["health"].as_str().unwrap().to_string())
+        .cloned()
         .unwrap_or_default()
+}
+
+/// The health string `/health` reports for backend `id`.
+pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+    health_entry(lb, id)["health"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Calls the admin API: `method path` with an optional JSON `body` and bearer `token`.
