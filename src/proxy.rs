@@ -309,7 +309,7 @@ impl ProxyHttp for Proxy {
                 })?
             }
         };
-        let mut peer = HttpPeer::new(attempt.state().addr, false, String::new());
+        let mut peer = attempt.state().new_peer();
         peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
         peer.options.read_timeout = Some(ctx.settings.request_timeout);
         peer.options.write_timeout = Some(ctx.settings.request_timeout);

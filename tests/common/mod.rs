@@ -4,7 +4,7 @@
 //! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
 //! way a test skips when an external tool is missing ([`tools_present`]). Process-level
 //! tests use [`process`] (the built binary) and [`load`] (continuous load with counted
-//! outcomes).
+//! outcomes). HTTPS and HTTP/2 backends with generated certificates: [`tls_backend`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub mod instance;
 pub mod load;
 pub mod process;
 mod raw_backend;
+pub mod tls_backend;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
 #[allow(unused_imports)]
@@ -251,16 +252,24 @@ pub fn health(lb: &RunningLoadBalancer) -> (u16, serde_json::Value) {
     (r.status, serde_json::from_str(&r.body).expect("json"))
 }
 
-/// The health string `/health` reports for backend `id`.
-pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+/// `/health`'s entry for backend `id` (null when there is none).
+pub fn health_entry(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
     let (_, json) = health(lb);
     json["servers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["id"] == id)
-        .map(|s| s["health"].as_str().unwrap().to_string())
+        .cloned()
         .unwrap_or_default()
+}
+
+/// The health string `/health` reports for backend `id`.
+pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
+    health_entry(lb, id)["health"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Calls the admin API: `method path` with an optional JSON `body` and bearer `token`.
