@@ -506,13 +506,9 @@ fn tls_verify_false_is_a_warning_at_start_and_at_each_reload() {
 }
 
 /// gRPC's shape end to end: an HTTP/2 client (prior knowledge, as gRPC clients speak h2c)
-/// through Fulcrum to an h2 backend, `te: trailers` forwarded and the `grpc-status` trailer
-/// back. Fulcrum's downstream listener speaks HTTP/1.1 only until `h2c: true` lands (issue 9,
-/// item 3, downstream half); then remove the `ignore`. (Run with pingora's `h2c` server option
-/// switched on by a local patch, without the `h2c:` line, it passed: pingora forwards `te` and
-/// the trailers between two HTTP/2 sides.)
+/// through Fulcrum's `h2c: true` listener to an h2 backend, `te: trailers` forwarded and the
+/// `grpc-status` trailer back.
 #[test]
-#[ignore = "needs downstream h2 (the `h2c: true` listener key)"]
 fn grpc_over_h2c_keeps_te_and_its_trailers() {
     let server = TestServer::h2c("grpc");
     let yaml = format!(
