@@ -165,6 +165,30 @@ pub fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
     })
 }
 
+/// Where `redirect_http_to_https` sends a plain-HTTP request: the same host (without its
+/// port), `https_port` unless it is 443, the same path and query. `None` without a usable host.
+pub fn https_location(req: &RequestHeader, https_port: u16) -> Option<String> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let host = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => &host[..rest.find(']')? + 2],
+        None => host.split(':').next().unwrap_or(host),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    })
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers
@@ -193,6 +217,35 @@ pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_location_keeps_host_path_and_query() {
+        let req = |target: &str, host: &str| {
+            let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            r.insert_header("Host", host).unwrap();
+            r
+        };
+        let cases = [
+            (
+                "/a?b=1",
+                "example.com:8080",
+                8443,
+                Some("https://example.com:8443/a?b=1"),
+            ),
+            ("/", "example.com", 443, Some("https://example.com/")),
+            ("/x", "[::1]:8080", 8443, Some("https://[::1]:8443/x")),
+            ("/x", "[::1]", 443, Some("https://[::1]/x")),
+            ("/x", "", 443, None),
+            ("/x", "[::1", 443, None),
+        ];
+        for (target, host, port, want) in cases {
+            assert_eq!(
+                https_location(&req(target, host), port).as_deref(),
+                want,
+                "{host}{target}"
+            );
+        }
+    }
 
     #[test]
     fn request_ids_are_hex_and_distinct() {

@@ -5,7 +5,9 @@
 //! a first pass at start, then one every `health_check_interval`.
 //! [`ActiveHealthCheck`] is the [`HealthCheck`] the registry runs. It sends pingora's
 //! [`HttpHealthCheck`] request (`GET health_check_path`, 2xx passes, bounded by
-//! `health_check_timeout`) and feeds every result into the backend's [`HealthTracker`]. Its
+//! `health_check_timeout`) and feeds every result into the backend's [`HealthTracker`]. It
+//! connects as requests do, from the backend's [`PeerTemplate`]: TLS with the same SNI,
+//! verification and CA for an https backend, HTTP/2 for `protocol: h2`. Its
 //! settings, the interval included, can be replaced while it runs (a reload): the next check
 //! uses them, and a new interval takes effect at once.
 //!
@@ -35,7 +37,7 @@ use tokio::sync::Notify;
 pub use crate::backend::health::{
     HealthMachine, HealthStatus, HealthTracker, LastCheck, Thresholds,
 };
-use crate::backend::state_of;
+use crate::backend::{state_of, PeerTemplate};
 
 /// Settings of the active HTTP health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +53,9 @@ pub struct HealthCheckSettings {
     pub interval: Duration,
 }
 
-/// What a cached probe is for: the backend's address and its `Host` header.
-type ProbeKey = (std::net::SocketAddr, String);
+/// What a cached probe is for: the backend's `Host` header and how to connect to it (address,
+/// TLS, protocol), so that a backend replaced by a reload with other settings gets its own.
+type ProbeKey = (String, PeerTemplate);
 
 /// The [`HealthCheck`] the health registry runs for every backend. Clones share their
 /// settings, so the one kept by the reload path changes the one the registry runs.
@@ -63,7 +66,7 @@ pub struct ActiveHealthCheck {
 
 struct CheckInner {
     settings: ArcSwap<HealthCheckSettings>,
-    /// One pingora HTTP check per backend address and `Host` header.
+    /// One pingora HTTP check per backend `Host` header and peer.
     probes: Mutex<HashMap<ProbeKey, Arc<HttpHealthCheck>>>,
     /// Wakes the service when the settings change (a shorter interval applies at once).
     changed: Notify,
@@ -116,17 +119,18 @@ impl ActiveHealthCheck {
                 "health check of a non-inet backend",
             )
         })?;
-        let host = state_of(target)
-            .map(|s| host_header(&s.server.url))
-            .unwrap_or_else(|| addr.to_string());
+        let key = match state_of(target) {
+            Some(s) => (host_header(&s.server.url), s.peer_template().clone()),
+            None => (addr.to_string(), PeerTemplate::plain(addr)),
+        };
         let mut probes = self.probes();
-        let key = (addr, host);
         if let Some(p) = probes.get(&key) {
             return Ok(p.clone());
         }
-        let (addr, host) = key;
+        let (host, template) = key;
         let settings = self.settings();
-        let mut probe = HttpHealthCheck::new(&host, false);
+        let mut probe = HttpHealthCheck::new(&host, template.settings().tls);
+        probe.peer_template = template.peer();
         let mut req = RequestHeader::build("GET", settings.path.as_bytes(), None)?;
         req.insert_header("Host", host.as_str())?;
         req.insert_header("User-Agent", "fulcrum-health-check")?;
@@ -145,7 +149,7 @@ impl ActiveHealthCheck {
             }
         }));
         let probe = Arc::new(probe);
-        probes.insert((addr, host), probe.clone());
+        probes.insert((host, template), probe.clone());
         Ok(probe)
     }
 }

@@ -38,6 +38,7 @@ pub(crate) mod rng;
 pub mod server;
 pub mod settings;
 pub mod time;
+pub mod tls;
 pub mod upstream;
 
 pub use backend::BackendServer;

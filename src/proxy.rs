@@ -5,8 +5,8 @@
 //!
 //! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id; a
 //!    WebSocket ([`is_websocket_upgrade`]) waits on the client up to `websocket_idle_timeout`.
-//! 2. `request_filter` — per-client rate limit ([`RateLimiter`]): 429 when over
-//!    ([`responses`]).
+//! 2. `request_filter` — plain HTTP redirected to https when configured; per-client rate
+//!    limit ([`RateLimiter`]): 429 when over ([`responses`]).
 //! 3. `upstream_peer` — [`upstream::choose`] a backend; on a retry, wait the backoff and take
 //!    the backend chosen when the retry was decided. Backend reads and writes wait up to
 //!    `request_timeout`, or `websocket_idle_timeout` for a WebSocket.
@@ -48,7 +48,9 @@ use crate::backend::{BackendSet, BackendState};
 use crate::balance::{Balancer, RequestKey};
 use crate::breaker::StatusSet;
 use crate::client::TrustedProxies;
-use crate::headers::{forwarded_for_values, is_websocket_upgrade, write_forwarded, RequestIds};
+use crate::headers::{
+    forwarded_for_values, https_location, is_websocket_upgrade, write_forwarded, RequestIds,
+};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::ratelimit::RateLimiter;
 use crate::responses;
@@ -69,8 +71,8 @@ pub struct ProxySettings {
     pub websocket_idle_timeout: Duration,
     /// Where access-log lines go (`None` when `logging_enabled` is off).
     pub access_log: Option<Arc<AccessLog>>,
-    /// `X-Forwarded-Proto` value: `http` or `https`.
-    pub scheme: &'static str,
+    /// Plain HTTP requests are answered with a redirect to https on this port.
+    pub https_redirect: Option<u16>,
     /// Statuses that count as failures for a backend's circuit breaker.
     pub failure_statuses: StatusSet,
     /// Whose `X-Forwarded-For` to believe.
@@ -89,7 +91,7 @@ impl std::fmt::Debug for ProxySettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("websocket_idle_timeout", &self.websocket_idle_timeout)
-            .field("scheme", &self.scheme)
+            .field("https_redirect", &self.https_redirect)
             .field("rate_limit", &self.rate_limit.as_ref().map(|r| r.limit()))
             .field("retry", &self.retry.settings())
             .finish_non_exhaustive()
@@ -108,6 +110,8 @@ pub struct Ctx {
     settings: Arc<ProxySettings>,
     /// The socket peer (appended to `X-Forwarded-For`).
     peer_ip: Option<IpAddr>,
+    /// The client connection is TLS (`X-Forwarded-Proto: https`).
+    tls: bool,
     /// The client as far as we trust (rate limit, IP hash).
     client_ip: Option<IpAddr>,
     request_id: Option<HeaderValue>,
@@ -136,6 +140,7 @@ impl Ctx {
             started: Instant::now(),
             settings,
             peer_ip: None,
+            tls: false,
             client_ip: None,
             request_id: None,
             websocket: false,
@@ -281,6 +286,7 @@ impl ProxyHttp for Proxy {
                 .client_ip(peer, forwarded_for_values(session.req_header()))
         });
         ctx.request_id = self.ids.for_request(session.get_header("x-request-id"));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.websocket = is_websocket_upgrade(session.req_header());
         if ctx.websocket {
             // pingora's default 60 s per client read would cut a quiet WebSocket
@@ -292,6 +298,12 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(port) = ctx.settings.https_redirect.filter(|_| !ctx.tls) {
+            if let Some(location) = https_location(session.req_header(), port) {
+                responses::write_redirect(session, location, ctx.request_id.as_ref()).await?;
+                return Ok(true);
+            }
+        }
         let (Some(limiter), Some(client)) = (&ctx.settings.rate_limit, ctx.client_ip) else {
             return Ok(false);
         };
@@ -319,7 +331,7 @@ impl ProxyHttp for Proxy {
                 })?
             }
         };
-        let mut peer = HttpPeer::new(attempt.state().addr, false, String::new());
+        let mut peer = attempt.state().new_peer();
         peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
         let io_timeout = match ctx.websocket {
             true => ctx.settings.websocket_idle_timeout,
@@ -387,7 +399,7 @@ impl ProxyHttp for Proxy {
             ctx.peer_ip,
             ctx.client_ip,
             &ctx.settings.trusted_proxies,
-            ctx.settings.scheme,
+            if ctx.tls { "https" } else { "http" },
         )?;
         if let Some(id) = &ctx.request_id {
             upstream.insert_header("X-Request-Id", id.clone())?;

@@ -14,6 +14,7 @@
 //! | health check | path, timeout, thresholds and interval ([`ActiveHealthCheck::set_settings`]) |
 //! | retries, rate limit, `hash_key`, timeouts, trusted proxies, failure statuses | new [`ProxySettings`] for requests that start from now on; the limiter's counts and the retry budget carry over when their settings did not change |
 //! | admin token | the next admin call checks the new one |
+//! | TLS certificates | re-read from their files (also when the paths did not change) and served from the next handshake on; open connections keep theirs |
 //!
 //! Keys that need new sockets or a new process ([`NEEDS_UPGRADE`]: ports, addresses, the
 //! `pingora` section, the access log, client connection limits...) are reported and logged as
@@ -42,6 +43,7 @@ use crate::ratelimit::RateLimiter;
 use crate::retry::RetryPolicy;
 use crate::rng::random_seed;
 use crate::settings::Settings;
+use crate::tls::SniResolver;
 
 /// Top-level keys whose change needs new sockets or a new process (an upgrade): a reload
 /// reports them and keeps their running values.
@@ -65,8 +67,8 @@ pub const NEEDS_UPGRADE: &[&str] = &[
     "session_cookie_name",
     "session_timeout",
     "enable_ssl",
-    "ssl_cert_file",
-    "ssl_key_file",
+    "tls_listen_port",
+    "h2c",
 ];
 
 /// The parts of a running load balancer that a reload changes.
@@ -83,15 +85,27 @@ pub struct Live {
     pub admin_token: Arc<ArcSwapOption<String>>,
     /// The access log (not reopened by a reload; carried into new proxy settings).
     pub access_log: Option<Arc<AccessLog>>,
+    /// The TLS listener, when one runs: a reload re-reads its certificates.
+    pub tls: Option<RunningTls>,
+}
+
+/// The running TLS listener.
+pub struct RunningTls {
+    /// Its port (plain HTTP redirects here).
+    pub port: u16,
+    /// Its certificates.
+    pub resolver: Arc<SniResolver>,
 }
 
 /// The pipeline's settings for `settings`. The rate limiter and the retry policy of
 /// `previous` are kept when their settings did not change, so a reload does not reset a
-/// client's count or the retry budget.
+/// client's count or the retry budget. `https_port` is the running TLS listener's port, if
+/// any: plain HTTP is redirected there when the settings ask for it.
 pub fn proxy_settings(
     settings: &Settings,
     access_log: Option<Arc<AccessLog>>,
     previous: Option<&ProxySettings>,
+    https_port: Option<u16>,
 ) -> ProxySettings {
     let rate_limit = settings.rate_limit.map(|limit| {
         previous
@@ -111,7 +125,7 @@ pub fn proxy_settings(
         request_timeout: settings.request_timeout,
         websocket_idle_timeout: settings.websocket_idle_timeout,
         access_log,
-        scheme: "http",
+        https_redirect: https_port.filter(|_| settings.redirect_http_to_https),
         failure_statuses: settings.failure_statuses.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
         rate_limit,
@@ -277,11 +291,16 @@ impl Reloader {
         }
         live.backends.set_breakers(settings.breaker).await;
         live.health.set_settings(settings.health.clone());
+        if let (Some(running), Some(tls)) = (&live.tls, &settings.tls) {
+            running.resolver.replace(tls.certs.clone());
+            log::info!("TLS certificates re-read: {:?}", tls.certs);
+        }
         let previous = live.proxy.load_full();
         live.proxy.store(Arc::new(proxy_settings(
             &settings,
             live.access_log.clone(),
             Some(&previous),
+            live.tls.as_ref().map(|t| t.port),
         )));
         live.admin_token
             .store(settings.admin_token.clone().map(Arc::new));

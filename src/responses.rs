@@ -1,6 +1,7 @@
-//! Responses Fulcrum writes itself, instead of a backend: its error pages and the rate
-//! limiter's 429. Each is one short line of plain text, carries the request id, and closes the
-//! connection (after an error the connection's state is not worth trusting).
+//! Responses Fulcrum writes itself, instead of a backend: its error pages, the rate limiter's
+//! 429 and the redirect to https. Each is one short line of plain text, carries the request
+//! id, and closes the connection (after an error the connection's state is not worth
+//! trusting).
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -95,6 +96,17 @@ pub async fn write_error(
         &[]
     };
     write_plain(session, code, body, request_id, extra).await
+}
+
+/// `308 Permanent Redirect` to `location` (`redirect_http_to_https`): the method and body are
+/// kept by the client, unlike with 301.
+pub async fn write_redirect(
+    session: &mut Session,
+    location: String,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let body = error_body(308, "");
+    write_plain(session, 308, body, request_id, &[("Location", location)]).await
 }
 
 /// The rate limiter's `429 Too Many Requests` with `Retry-After` and `X-RateLimit-*`.

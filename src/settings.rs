@@ -25,6 +25,7 @@ use crate::downstream::ClientLimits;
 use crate::health::{HealthCheckSettings, Thresholds};
 use crate::ratelimit::Limit;
 use crate::retry::{Backoff, RetrySettings};
+use crate::tls::CertStore;
 
 /// The validated runtime settings of one load balancer.
 #[derive(Debug)]
@@ -61,6 +62,21 @@ pub struct Settings {
     pub websocket_idle_timeout: Duration,
     /// Longest wait for requests in flight when stopping or removing a backend.
     pub shutdown_timeout: Duration,
+    /// The TLS listener, when `enable_ssl`.
+    pub tls: Option<TlsListener>,
+    /// Plain HTTP is redirected to https (`redirect_http_to_https`, with TLS on).
+    pub redirect_http_to_https: bool,
+    /// Cleartext HTTP/2 with prior knowledge on the plain port.
+    pub h2c: bool,
+}
+
+/// The TLS listener's port and certificates.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// `tls_listen_port` (0: a free port, chosen at start).
+    pub port: u16,
+    /// The certificates, loaded and checked.
+    pub certs: CertStore,
 }
 
 impl TryFrom<&LoadBalancerConfig> for Settings {
@@ -68,7 +84,15 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
 
     fn try_from(cfg: &LoadBalancerConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let backends = resolve_backends(cfg)?;
+        // The two kinds of I/O a config needs, each reporting every problem, together.
+        let (backends, certs) = match (resolve_backends(cfg), CertStore::from_config(cfg)) {
+            (Ok(b), Ok(c)) => (b, c),
+            (b, c) => {
+                let mut errors = b.err().map(ConfigError::into_messages).unwrap_or_default();
+                errors.extend(c.err().unwrap_or_default());
+                return Err(ConfigError::from_messages(errors));
+            }
+        };
         let breaker = cfg.circuit_breaker_enabled.then_some(BreakerSettings {
             failure_threshold: cfg.circuit_breaker.failure_threshold,
             recovery_threshold: cfg.circuit_breaker.recovery_threshold,
@@ -108,6 +132,12 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             request_timeout: cfg.request_timeout,
             websocket_idle_timeout: cfg.websocket_idle_timeout,
             shutdown_timeout: cfg.shutdown_timeout,
+            tls: certs.map(|certs| TlsListener {
+                port: cfg.tls_listen_port,
+                certs,
+            }),
+            redirect_http_to_https: cfg.enable_ssl && cfg.redirect_http_to_https,
+            h2c: cfg.h2c,
             rate_limit: match cfg.rate_limit {
                 None => None,
                 Some(r) => Some(Limit::new(r.requests_per_second, r.burst).ok_or_else(|| {

@@ -47,6 +47,7 @@ fn an_idle_instance_stops_at_once() {
     child.signal("-TERM");
     let code = child.wait_exit(Duration::from_secs(15));
     let took = stopped.elapsed();
+    println!("idle stop: exited {took:?} after SIGTERM");
     assert_eq!(code, Some(0));
     assert!(
         took < Duration::from_secs(1),
@@ -83,6 +84,9 @@ fn a_slow_request_finishes_then_the_process_exits() {
     assert_eq!((r.status, served_by(&r).as_str()), (200, "slow"));
     let code = child.wait_exit(Duration::from_secs(15));
     let exited = stopped.elapsed();
+    println!(
+        "slow request: answered {answered:?} after SIGTERM, process exited {exited:?} after it"
+    );
     assert_eq!(code, Some(0));
     assert!(
         exited >= answered.saturating_sub(Duration::from_millis(50)),

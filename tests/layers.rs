@@ -216,6 +216,13 @@ fn lower_layers_never_import_higher_ones() {
         ("settings", &["server", "proxy", "admin", "reload"]),
         // reload sits between the pipeline and the wiring: the admin API may trigger it
         ("reload", &["server", "admin"]),
+        // listener certificates: built from the config, used by settings, reload and server
+        (
+            "tls",
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "settings", "reload",
+            ],
+        ),
     ];
     let mut broken = Vec::new();
     for (module, forbidden) in rules {

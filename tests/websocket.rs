@@ -33,7 +33,7 @@ fn idle_1s(backend: &WsBackend) -> LoadBalancerConfig {
 
 /// `active_connections` of backend `id` in `/health`.
 fn in_flight(lb: &RunningLoadBalancer, id: &str) -> u64 {
-    server_health(lb, id)["active_connections"]
+    health_entry(lb, id)["active_connections"]
         .as_u64()
         .expect("active_connections")
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /api/backends` | list backends with their live state |
 //! | `GET /api/backends/{id}` | one backend |
-//! | `POST /api/backends` | add one (JSON body: `{id, url, weight, capacity, tags}`, validated like the config file) |
+//! | `POST /api/backends` | add one (JSON body: `{id, url, weight, capacity, tags, protocol, tls_verify, ca_file}`, validated like the config file) |
 //! | `DELETE /api/backends/{id}` | drain it (no new requests), wait for its requests in flight (up to `shutdown_timeout`), remove it |
 //! | `POST /api/backends/{id}/drain` | stop sending it new requests |
 //! | `POST /api/backends/{id}/undrain` | send it requests again |
@@ -18,6 +18,7 @@
 //! `Authorization: Bearer <admin_token>`; with no token configured they are refused (403).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{error_response, json_response, AdminRequest, AdminState};
-use crate::backend::{BackendServer, BackendSet, BackendState, SetError, Weight};
+use crate::backend::{BackendServer, BackendSet, BackendState, SetError, UpstreamProtocol, Weight};
 use crate::balance::Balancer;
 use crate::reload::ReloadError;
 
@@ -42,6 +43,12 @@ pub struct BackendView {
     pub capacity: u64,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+    /// `h1` or `h2`.
+    pub protocol: UpstreamProtocol,
+    /// Whether an https backend's certificate is verified.
+    pub tls_verify: bool,
+    /// The backend's own CA file, if any.
+    pub ca_file: Option<PathBuf>,
     /// `unknown`, `healthy` or `unhealthy`.
     pub health: &'static str,
     /// Breaker state, or `disabled`.
@@ -66,6 +73,9 @@ impl BackendView {
             weight: config.weight,
             capacity: config.capacity,
             tags: config.tags,
+            protocol: config.protocol,
+            tls_verify: config.tls_verify,
+            ca_file: config.ca_file,
             health: b.health.status().as_str(),
             breaker: b.breaker_state(),
             draining: b.is_draining(),
@@ -84,7 +94,16 @@ struct WeightChange {
 }
 
 /// Fields a new backend may have, for error messages.
-const BACKEND_FIELDS: [&str; 5] = ["id", "url", "weight", "capacity", "tags"];
+const BACKEND_FIELDS: [&str; 8] = [
+    "id",
+    "url",
+    "weight",
+    "capacity",
+    "tags",
+    "protocol",
+    "tls_verify",
+    "ca_file",
+];
 
 /// Parses a new backend, naming the offending field on error.
 pub fn parse_backend(body: &[u8]) -> Result<BackendServer, String> {
@@ -108,11 +127,15 @@ pub fn parse_backend(body: &[u8]) -> Result<BackendServer, String> {
         // serde names unknown and missing fields but not the field of a type error: find it
         let field = BACKEND_FIELDS.iter().find(|f| {
             let Some(v) = map.get(**f) else { return false };
+            let v = v.clone();
             let ok = match **f {
-                "id" | "url" => serde_json::from_value::<String>(v.clone()).is_ok(),
-                "weight" => serde_json::from_value::<u32>(v.clone()).is_ok(),
-                "capacity" => serde_json::from_value::<u64>(v.clone()).is_ok(),
-                _ => serde_json::from_value::<BTreeMap<String, String>>(v.clone()).is_ok(),
+                "id" | "url" => serde_json::from_value::<String>(v).is_ok(),
+                "weight" => serde_json::from_value::<u32>(v).is_ok(),
+                "capacity" => serde_json::from_value::<u64>(v).is_ok(),
+                "protocol" => serde_json::from_value::<UpstreamProtocol>(v).is_ok(),
+                "tls_verify" => serde_json::from_value::<bool>(v).is_ok(),
+                "ca_file" => serde_json::from_value::<Option<PathBuf>>(v).is_ok(),
+                _ => serde_json::from_value::<BTreeMap<String, String>>(v).is_ok(),
             };
             !ok
         });
@@ -344,6 +367,14 @@ mod tests {
             (ok.id.as_str(), ok.weight, ok.tags["a"].as_str()),
             ("w4", 2, "b")
         );
+        let tls = parse_backend(
+            br#"{"id":"s","url":"https://h","protocol":"h2","tls_verify":false,"ca_file":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (tls.protocol, tls.tls_verify, tls.ca_file),
+            (UpstreamProtocol::H2, false, None)
+        );
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "not valid JSON"),
             (b"[1]", "must be a JSON object"),
@@ -364,6 +395,18 @@ mod tests {
             (
                 br#"{"id":"a","url":"http://a:1","tags":[1]}"#,
                 "tags: invalid type",
+            ),
+            (
+                br#"{"id":"a","url":"http://a:1","protocol":"h3"}"#,
+                "protocol: expected h1 or h2, got \"h3\"",
+            ),
+            (
+                br#"{"id":"a","url":"https://a:1","tls_verify":"no"}"#,
+                "tls_verify: invalid type",
+            ),
+            (
+                br#"{"id":"a","url":"https://a:1","ca_file":1}"#,
+                "ca_file: invalid type",
             ),
         ];
         for (body, want) in cases {

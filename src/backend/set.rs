@@ -153,6 +153,9 @@ pub struct BackendSet<S: BackendSelection> {
     members: Members,
     registry: Arc<HealthRegistry>,
     pool: ArcSwap<Pool<S>>,
+    /// The selector's configuration, to build a new pool when pingora's would keep stale
+    /// backends (see [`Self::reconcile`]).
+    selector: ArcSwap<S::Config>,
     /// One rebuild at a time; guards the breaker settings new backends get.
     rebuild: tokio::sync::Mutex<Option<BreakerSettings>>,
 }
@@ -161,6 +164,7 @@ impl<S> BackendSet<S>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
+    S::Config: Clone,
 {
     /// An empty set whose selector is built with `config`, checked by `health` when given
     /// (run by a service over [`Self::health_registry`]), and whose backends each get a
@@ -175,11 +179,12 @@ where
         if let Some(check) = health {
             registry.set_health_check(check);
         }
-        let pool = pool_over(&members, &registry, config);
+        let pool = pool_over(&members, &registry, config.clone());
         Self {
             members,
             registry,
             pool: ArcSwap::from_pointee(pool),
+            selector: ArcSwap::from_pointee(config),
             rebuild: tokio::sync::Mutex::new(breaker),
         }
     }
@@ -321,6 +326,10 @@ where
     /// replaces the backend (draining carried over), a retired one leaves the selector at once
     /// while its requests in flight finish. The order of the members is kept, new ones last.
     /// Nothing changes when the result would have two backends at one address.
+    ///
+    /// A backend replaced at the same address and weight is the same member to pingora (its
+    /// `Backend` identity ignores the state in `ext`), which would then keep selecting the old,
+    /// draining state; so a reconcile that replaces builds a new selector over the members.
     pub async fn reconcile(
         &self,
         specs: Vec<BackendSpec>,
@@ -379,7 +388,11 @@ where
             return Ok(diff);
         }
         self.members.store(Arc::new(next));
-        self.publish().await?;
+        if diff.replaced.is_empty() {
+            self.publish().await?;
+        } else {
+            self.rebuild_pool().await?;
+        }
         Ok(diff)
     }
 
@@ -398,6 +411,14 @@ where
     /// it lives in the registry and in each backend's state.
     pub async fn set_selector(&self, config: S::Config) -> Result<(), SetError> {
         let _one_at_a_time = self.rebuild.lock().await;
+        self.selector.store(Arc::new(config));
+        self.rebuild_pool().await
+    }
+
+    /// Builds a new pool (pingora backends and selector) over the members, then publishes it.
+    /// The caller holds the rebuild lock.
+    async fn rebuild_pool(&self) -> Result<(), SetError> {
+        let config = S::Config::clone(&self.selector.load());
         let pool = pool_over(&self.members, &self.registry, config);
         pool.update().await.map_err(SetError::Rebuild)?;
         self.pool.store(Arc::new(pool));
@@ -608,7 +629,15 @@ mod tests {
         ];
         let diff = set.reconcile(next, &retire).await.unwrap();
         assert_eq!((diff.replaced.len(), diff.reweighted.len()), (1, 0));
-        assert_eq!(set.get("a").unwrap().server.capacity, 10);
+        let new_a = set.get("a").unwrap();
+        assert_eq!(new_a.server.capacity, 10);
+        let picked = set
+            .select_with(b"", 8, |b, _| state_of(b).is_some_and(|s| s.id() == "a"))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(state_of(&picked).unwrap(), &new_a),
+            "same address and weight: the selector has the new state, not the draining old one"
+        );
     }
 
     #[tokio::test]

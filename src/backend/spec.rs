@@ -1,15 +1,20 @@
 //! What a backend *is*: [`BackendServer`] (as written in the config file or posted to the admin
 //! API), its parsed [`UpstreamUrl`], its [`Weight`], and [`BackendSpec`], a backend that passed
-//! validation (id, weight and URL checked, address resolved). Validation happens here, once; the
-//! rest of the crate takes a `BackendSpec` and never checks again.
+//! validation (id, weight, URL and TLS settings checked, address resolved, `ca_file` read, its
+//! pingora peer built). Validation happens here, once; the rest of the crate takes a
+//! `BackendSpec` and never checks again.
 //!
-//! The only I/O in this module is resolving a URL's host name ([`BackendSpec::resolve`]).
+//! The only I/O in this module is resolving a URL's host name and reading a `ca_file`
+//! ([`BackendSpec::resolve`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use super::peer::{CaBundle, PeerSettings, PeerTemplate, UpstreamProtocol};
 
 /// Largest accepted backend weight. Smooth weighted round robin precomputes one period of
 /// `sum(weights)` picks, so weights are kept in a range where that table stays small.
@@ -17,14 +22,16 @@ pub const MAX_WEIGHT: u32 = 1000;
 
 /// One upstream server, as written in the config file (`backends:`) or posted to the API.
 ///
-/// The seed's `BackendServer`: `id`, `url`, `weight`, `capacity`, `tags`. Its `HealthStatus` is
-/// not configuration: it lives in [`BackendState::health`](super::BackendState::health).
+/// The seed's `BackendServer`: `id`, `url`, `weight`, `capacity`, `tags`; and how to connect:
+/// `protocol`, `tls_verify`, `ca_file`. Its `HealthStatus` is not configuration: it lives in
+/// [`BackendState::health`](super::BackendState::health).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendServer {
     /// Unique identifier, used in logs, metrics labels, `/health` and the admin API.
     pub id: String,
-    /// Where the backend listens: `http://host:port` (the port defaults to 80).
+    /// Where the backend listens: `http://host[:port]` (port 80 by default) or
+    /// `https://host[:port]` (443; TLS with SNI = host, certificate verified).
     pub url: String,
     /// Relative share of traffic for the weighted strategies, 1 to [`MAX_WEIGHT`].
     #[serde(default = "default_weight")]
@@ -35,10 +42,30 @@ pub struct BackendServer {
     /// Free-form metadata (`datacenter: us-west`), reported but not interpreted.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// `h1` (default) or `h2`: HTTP/2 negotiated by ALPN over https, prior-knowledge h2c over
+    /// http.
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+    /// Verify an https backend's certificate (default true). `false` accepts any certificate:
+    /// for self-signed test servers only.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub tls_verify: bool,
+    /// PEM file of the CAs trusted to sign an https backend's certificate, instead of the
+    /// system roots. Read once, when the backend is validated (and again at each reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl BackendServer {
@@ -50,6 +77,9 @@ impl BackendServer {
             weight: default_weight(),
             capacity: 0,
             tags: BTreeMap::new(),
+            protocol: UpstreamProtocol::H1,
+            tls_verify: true,
+            ca_file: None,
         }
     }
 
@@ -63,7 +93,44 @@ impl BackendServer {
     pub fn check(&self) -> Result<UpstreamUrl, InvalidField> {
         validate_id(&self.id)?;
         Weight::new(self.weight)?;
-        UpstreamUrl::parse(&self.url).map_err(|r| InvalidField::new("url", r))
+        let url = UpstreamUrl::parse(&self.url).map_err(|r| InvalidField::new("url", r))?;
+        self.check_tls(&url)?;
+        Ok(url)
+    }
+
+    /// `tls_verify` and `ca_file` are about https backends, and contradict each other.
+    fn check_tls(&self, url: &UpstreamUrl) -> Result<(), InvalidField> {
+        let http_only = |field| {
+            InvalidField::new(
+                field,
+                format!(
+                    "only applies to https backends, and url {:?} is http",
+                    self.url
+                ),
+            )
+        };
+        if !url.is_tls() && !self.tls_verify {
+            return Err(http_only("tls_verify"));
+        }
+        let Some(path) = &self.ca_file else {
+            return Ok(());
+        };
+        if path.as_os_str().is_empty() {
+            return Err(InvalidField::new(
+                "ca_file",
+                "must not be empty; leave it out to trust the system roots",
+            ));
+        }
+        if !url.is_tls() {
+            return Err(http_only("ca_file"));
+        }
+        if !self.tls_verify {
+            return Err(InvalidField::new(
+                "ca_file",
+                "has no effect with tls_verify: false (nothing is verified); remove one of them",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every field and resolves the URL to a socket address (blocking DNS for names).
@@ -126,20 +193,38 @@ impl Weight {
     }
 }
 
-/// A validated backend: its configuration and the address its URL resolved to. Only
-/// [`BackendSpec::resolve`] makes one, so holding one means every field was checked.
+/// A validated backend: its configuration, the address its URL resolved to and the pingora
+/// peer built from them. Only [`BackendSpec::resolve`] makes one, so holding one means every
+/// field was checked and `ca_file` read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     server: BackendServer,
     addr: SocketAddr,
+    peer: PeerTemplate,
 }
 
 impl BackendSpec {
-    /// Validates `server` and resolves its URL (blocking DNS for host names: call it off the
-    /// async runtime's threads, as [`BackendSpec::resolve_async`] does).
+    /// Validates `server`, resolves its URL (blocking DNS for host names: call it off the
+    /// async runtime's threads, as [`BackendSpec::resolve_async`] does), reads its `ca_file`
+    /// and builds its peer. An https backend with `tls_verify: false` is logged as a warning
+    /// (at start, at each reload and when added through the API).
     pub fn resolve(server: BackendServer) -> Result<Self, InvalidField> {
-        let addr = server.validate()?;
-        Ok(Self { server, addr })
+        let url = server.check()?;
+        let addr = url.resolve().map_err(|r| InvalidField::new("url", r))?;
+        let ca = match &server.ca_file {
+            Some(path) => Some(CaBundle::read(path).map_err(|r| InvalidField::new("ca_file", r))?),
+            None => None,
+        };
+        if url.is_tls() && !server.tls_verify {
+            log::warn!(
+                "backend {} ({}): tls_verify is false: its certificate is not checked, so \
+                 anyone on the path can impersonate it; use it for test servers only",
+                server.id,
+                server.url
+            );
+        }
+        let peer = PeerTemplate::new(peer_settings(&server, &url, addr, ca));
+        Ok(Self { server, addr, peer })
     }
 
     /// [`Self::resolve`] on tokio's blocking pool, so a slow DNS answer never stalls a runtime
@@ -152,8 +237,14 @@ impl BackendSpec {
 
     /// A spec for a backend whose address is known and whose fields were checked elsewhere
     /// (backends pingora built itself, test fixtures).
+    /// Its peer connects as the URL says (plain HTTP/1.1 when the URL does not parse), without
+    /// any `ca_file`.
     pub(crate) fn unchecked(server: BackendServer, addr: SocketAddr) -> Self {
-        Self { server, addr }
+        let peer = match UpstreamUrl::parse(&server.url) {
+            Ok(url) => PeerTemplate::new(peer_settings(&server, &url, addr, None)),
+            Err(_) => PeerTemplate::plain(addr),
+        };
+        Self { server, addr, peer }
     }
 
     /// The configuration.
@@ -171,9 +262,30 @@ impl BackendSpec {
         self.addr
     }
 
+    /// The pingora peer requests and health checks to this backend start from.
+    pub fn peer(&self) -> &PeerTemplate {
+        &self.peer
+    }
+
     /// The configuration, consumed.
     pub fn into_server(self) -> BackendServer {
         self.server
+    }
+}
+
+fn peer_settings(
+    server: &BackendServer,
+    url: &UpstreamUrl,
+    addr: SocketAddr,
+    ca: Option<CaBundle>,
+) -> PeerSettings {
+    PeerSettings {
+        addr,
+        tls: url.is_tls(),
+        sni: url.host.clone(),
+        verify: server.tls_verify,
+        protocol: server.protocol,
+        ca,
     }
 }
 
@@ -198,29 +310,30 @@ fn validate_id(id: &str) -> Result<(), InvalidField> {
 /// client's path unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
-    /// `http` (https backends come with TLS support).
+    /// `http` or `https`, in lower case.
     pub scheme: String,
     /// Host name or IP address, without brackets.
     pub host: String,
-    /// Port, 80 when the URL names none.
+    /// Port: 80 (http) or 443 (https) when the URL names none.
     pub port: u16,
 }
 
 impl UpstreamUrl {
-    /// Parses `http://host[:port][/]`.
+    /// Parses `http://host[:port][/]` or `https://host[:port][/]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("{url:?} is not a URL; expected http://host:port"))?;
         let scheme = scheme.to_ascii_lowercase();
-        if scheme == "https" {
-            return Err(format!(
-                "{url:?}: https backends are not supported yet (they land with TLS support)"
-            ));
-        }
-        if scheme != "http" {
-            return Err(format!("{url:?}: scheme must be http, got {scheme:?}"));
-        }
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => {
+                return Err(format!(
+                    "{url:?}: scheme must be http or https, got {scheme:?}"
+                ))
+            }
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() {
             return Err(format!("{url:?} has no host"));
@@ -230,8 +343,14 @@ impl UpstreamUrl {
                 "{url:?}: only scheme, host and port are allowed (no path, query or user info)"
             ));
         }
-        let (host, port) = split_host_port(authority).map_err(|e| format!("{url:?}: {e}"))?;
+        let (host, port) =
+            split_host_port(authority, default_port).map_err(|e| format!("{url:?}: {e}"))?;
         Ok(Self { scheme, host, port })
+    }
+
+    /// Whether the backend is reached over TLS (`https`).
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https"
     }
 
     /// Resolves the host (blocking DNS for names; done once, when the backend is created).
@@ -247,7 +366,7 @@ impl UpstreamUrl {
     }
 }
 
-fn split_host_port(authority: &str) -> Result<(String, u16), String> {
+fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
         match after {
@@ -267,7 +386,7 @@ fn split_host_port(authority: &str) -> Result<(String, u16), String> {
         return Err("empty host".into());
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => return Err(format!("invalid port {p:?}")),
             Ok(n) => n,
@@ -294,8 +413,10 @@ mod tests {
                 Ok(("web1.example.com", 8001)),
             ),
             ("127.0.0.1:8001", Err("not a URL")),
-            ("https://a:1", Err("not supported yet")),
-            ("ftp://a:1", Err("scheme must be http")),
+            ("https://a:1", Ok(("a", 1))),
+            ("HTTPS://backend.example", Ok(("backend.example", 443))),
+            ("https://[::1]/", Ok(("::1", 443))),
+            ("ftp://a:1", Err("scheme must be http or https")),
             ("http://a:1/path", Err("no path")),
             ("http://a:0", Err("invalid port")),
             ("http://a:99999", Err("invalid port")),
@@ -345,6 +466,108 @@ mod tests {
         }
         let spec = BackendSpec::resolve(ok.clone()).unwrap();
         assert_eq!((spec.id(), spec.addr().port()), ("web-1.a_b", 1));
+        assert!(!spec.peer().settings().tls);
         assert_eq!(Weight::new(MAX_WEIGHT).unwrap().get(), MAX_WEIGHT);
+    }
+
+    fn https(f: impl FnOnce(&mut BackendServer)) -> BackendServer {
+        let mut server = BackendServer::new("s", "https://127.0.0.1:8443");
+        f(&mut server);
+        server
+    }
+
+    #[test]
+    fn tls_settings_are_checked_and_name_their_key() {
+        let http = |f: fn(&mut BackendServer)| {
+            let mut server = BackendServer::new("p", "http://127.0.0.1:1");
+            f(&mut server);
+            server
+        };
+        let cases = [
+            (
+                http(|s| s.tls_verify = false),
+                "tls_verify",
+                "only applies to https",
+            ),
+            (
+                http(|s| s.ca_file = Some("/etc/ca.pem".into())),
+                "ca_file",
+                "only applies to https",
+            ),
+            (
+                https(|s| s.ca_file = Some("".into())),
+                "ca_file",
+                "must not be empty",
+            ),
+            (
+                https(|s| {
+                    s.ca_file = Some("/etc/ca.pem".into());
+                    s.tls_verify = false;
+                }),
+                "ca_file",
+                "no effect with tls_verify: false",
+            ),
+            (
+                https(|s| s.ca_file = Some("/nonexistent/ca.pem".into())),
+                "ca_file",
+                "/nonexistent/ca.pem: cannot read",
+            ),
+        ];
+        for (server, field, reason) in cases {
+            let err = BackendSpec::resolve(server.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{server:?}");
+            assert!(err.reason.contains(reason), "{server:?}: {err}");
+        }
+        let h2c = http(|s| s.protocol = UpstreamProtocol::H2);
+        assert_eq!(
+            BackendSpec::resolve(h2c)
+                .unwrap()
+                .peer()
+                .settings()
+                .protocol,
+            UpstreamProtocol::H2
+        );
+    }
+
+    #[test]
+    fn https_backends_get_sni_verification_and_their_ca() {
+        let spec = BackendSpec::resolve(https(|_| ())).unwrap();
+        let peer = spec.peer().settings();
+        assert!(peer.tls && peer.verify && peer.ca.is_none());
+        assert_eq!(peer.sni, "127.0.0.1");
+        let insecure = BackendSpec::resolve(https(|s| s.tls_verify = false)).unwrap();
+        assert!(!insecure.peer().settings().verify);
+        assert_ne!(spec, insecure, "a changed tls_verify is another spec");
+
+        let dir = std::env::temp_dir().join(format!("fulcrum-spec-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.pem");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&file, params.self_signed(&key).unwrap().pem()).unwrap();
+        let with_ca = BackendSpec::resolve(https(|s| s.ca_file = Some(file.clone()))).unwrap();
+        assert_eq!(
+            with_ca.peer().settings().ca.as_ref().map(|c| c.len()),
+            Some(1)
+        );
+        std::fs::write(&file, "not a certificate").unwrap();
+        let err = BackendSpec::resolve(https(|s| s.ca_file = Some(file.clone()))).unwrap_err();
+        assert_eq!(err.field, "ca_file");
+        assert!(err.reason.contains("no PEM certificate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn new_keys_round_trip_and_defaults_stay_unwritten() {
+        let plain = serde_json::to_value(BackendServer::new("a", "http://h:1")).unwrap();
+        assert!(plain.get("protocol").is_none() && plain.get("tls_verify").is_none());
+        let yaml = "id: a\nurl: https://h\nprotocol: h2\ntls_verify: false\n";
+        let server: BackendServer = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(server.protocol, UpstreamProtocol::H2);
+        assert!(!server.tls_verify);
+        let err = serde_yaml::from_str::<BackendServer>("id: a\nurl: http://h\nprotocol: h3\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("expected h1 or h2"), "{err}");
     }
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 use pingora_load_balancing::Backend;
 
 use super::health::HealthTracker;
+use super::peer::PeerTemplate;
 use super::spec::{BackendServer, BackendSpec, Weight};
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::histogram::DurationHistogram;
@@ -174,6 +175,8 @@ pub struct BackendState {
     pub server: BackendServer,
     /// The resolved address requests are sent to.
     pub addr: SocketAddr,
+    /// How to connect (TLS, SNI, verification, CA, protocol): built once, copied per attempt.
+    peer: PeerTemplate,
     /// Live counters.
     pub stats: BackendStats,
     /// Active health-check view (unknown until the first check).
@@ -191,9 +194,11 @@ impl BackendState {
     /// The live state of a validated backend, with a circuit breaker when `breaker` is given.
     pub fn new(spec: BackendSpec, breaker: Option<BreakerSettings>) -> Arc<Self> {
         let addr = spec.addr();
+        let peer = spec.peer().clone();
         let server = spec.into_server();
         Arc::new(Self {
             addr,
+            peer,
             stats: BackendStats::default(),
             health: HealthTracker::default(),
             weight: AtomicU32::new(server.weight),
@@ -234,14 +239,30 @@ impl BackendState {
         self.breaker.store(next);
     }
 
-    /// Whether this backend runs `spec` as it is, weight aside: same address, URL, capacity and
-    /// tags. (A reload replaces a backend whose spec changed otherwise.)
+    /// Whether this backend runs `spec` as it is, weight aside: same address, URL, capacity,
+    /// tags, protocol and TLS settings (`tls_verify`, `ca_file` and the certificates in it).
+    /// (A reload replaces a backend whose spec changed otherwise.)
     pub fn runs(&self, spec: &BackendSpec) -> bool {
         let (s, other) = (&self.server, spec.server());
         self.addr == spec.addr()
             && s.url == other.url
             && s.capacity == other.capacity
             && s.tags == other.tags
+            && s.protocol == other.protocol
+            && s.tls_verify == other.tls_verify
+            && s.ca_file == other.ca_file
+            && self.peer == *spec.peer()
+    }
+
+    /// How requests and health checks connect to this backend.
+    pub fn peer_template(&self) -> &PeerTemplate {
+        &self.peer
+    }
+
+    /// A pingora peer for one attempt at this backend: a copy of its template (scheme, SNI,
+    /// verification, CA, ALPN, HTTP/2 options), without timeouts.
+    pub fn new_peer(&self) -> pingora_core::upstreams::peer::HttpPeer {
+        self.peer.peer()
     }
 
     /// The backend's id.
@@ -388,6 +409,28 @@ mod tests {
         );
         state.stats.record_request();
         assert_eq!(state.stats.requests(), 1);
+    }
+
+    #[test]
+    fn a_changed_protocol_or_tls_setting_is_another_spec() {
+        let spec = |f: fn(&mut BackendServer)| {
+            let mut server = BackendServer::new("a", "https://127.0.0.1:1");
+            f(&mut server);
+            BackendSpec::resolve(server).unwrap()
+        };
+        let state = BackendState::new(spec(|_| ()), None);
+        assert!(
+            state.runs(&spec(|s| s.weight = 5)),
+            "a weight is set, not replaced"
+        );
+        assert!(!state.runs(&spec(|s| s.protocol = super::super::UpstreamProtocol::H2)));
+        assert!(!state.runs(&spec(|s| s.tls_verify = false)));
+        assert!(!state.runs(&spec(|s| s.url = "http://127.0.0.1:1".into())));
+        let peer = state.new_peer();
+        assert_eq!(
+            (peer.sni.as_str(), peer.options.verify_cert),
+            ("127.0.0.1", true)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `LB_*` environment overrides, driven by serde rather than by a hand-kept table.
 //!
 //! The overridable keys are the ones a config serialises to (top level and the nested sections
-//! `circuit_breaker` and `rate_limit`; not `pingora` or `backends`), and each one's variable is
+//! `circuit_breaker` and `rate_limit`; not `pingora`, `backends` or `tls_certificates`), and each one's variable is
 //! `LB_` + the key in upper case, `.` becoming `_`, so keys and variable names cannot drift. A
 //! variable's text becomes a YAML value of the kind the key's default has (booleans also take
 //! `1/0`, `yes/no`, `on/off`; lists are comma-separated; an empty value unsets an optional key
@@ -84,7 +84,7 @@ pub(super) fn env_keys() -> &'static [EnvKey] {
         for (name, value) in &top {
             let Some(name) = name.as_str() else { continue };
             match value {
-                _ if name == "pingora" || name == "backends" => {}
+                _ if NOT_FROM_ENV.contains(&name) => {}
                 Value::Mapping(section) => {
                     let optional_section = defaults.get(name).is_some_and(Value::is_null);
                     for (inner, value) in section {
@@ -99,6 +99,9 @@ pub(super) fn env_keys() -> &'static [EnvKey] {
         keys
     })
 }
+
+/// Top-level keys with structured values that have no `LB_*` variable.
+const NOT_FROM_ENV: [&str; 3] = ["pingora", "backends", "tls_certificates"];
 
 /// The defaults with every optional section present, so that its keys are listed.
 fn sample() -> LoadBalancerConfig {
@@ -175,7 +178,8 @@ fn unknown_variable(name: &str) -> String {
         Some(k) => format!("{name}: not a Fulcrum setting; did you mean {}?", k.var),
         None => format!(
             "{name}: not a Fulcrum setting (variables are LB_ + a key in upper case, such as \
-             LB_PORT or LB_CIRCUIT_BREAKER_TIMEOUT; pingora and backends cannot be set this way)"
+             LB_PORT or LB_CIRCUIT_BREAKER_TIMEOUT; pingora, backends and tls_certificates \
+             cannot be set this way)"
         ),
     }
 }

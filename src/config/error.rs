@@ -40,7 +40,7 @@ impl ConfigError {
     }
 
     /// The messages, for re-wording (naming the environment variable behind a value).
-    pub(super) fn into_messages(self) -> Vec<String> {
+    pub(crate) fn into_messages(self) -> Vec<String> {
         self.messages
     }
 

@@ -47,7 +47,7 @@ pub use self::error::ConfigError;
 pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
 };
-pub use self::sections::{CircuitBreakerConfig, RateLimitConfig};
+pub use self::sections::{CircuitBreakerConfig, RateLimitConfig, TlsCertificate};
 pub use self::token::{Secret, MIN_ADMIN_TOKEN_LEN};
 
 use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_default};
@@ -135,12 +135,25 @@ pub struct LoadBalancerConfig {
     /// Idle time after which a session expires (default 2h, > 0).
     #[serde(with = "serde_duration")]
     pub session_timeout: Duration,
-    /// TLS termination (default false; `true` is rejected until TLS lands).
+    /// TLS termination on `tls_listen_port`, beside plain HTTP on `port` (default false).
     pub enable_ssl: bool,
-    /// PEM certificate chain for TLS (default none; rejected until TLS lands).
+    /// PEM certificate chain of the default certificate (default none). With `ssl_key_file`
+    /// it is the first certificate, served when no other matches the client's SNI.
     pub ssl_cert_file: Option<PathBuf>,
-    /// PEM private key for TLS (default none; rejected until TLS lands).
+    /// PEM private key of `ssl_cert_file` (default none).
     pub ssl_key_file: Option<PathBuf>,
+    /// Port of the TLS listener on `bind_address` (default 8443).
+    pub tls_listen_port: u16,
+    /// More certificates, chosen by the client's SNI against each certificate's own names
+    /// (after `ssl_cert_file`, in order; the first one is the default). Default none.
+    #[serde(deserialize_with = "null_as_default")]
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// Answer plain HTTP with `308 Permanent Redirect` to the same URL on https (default false;
+    /// needs `enable_ssl`).
+    pub redirect_http_to_https: bool,
+    /// Accept cleartext HTTP/2 with prior knowledge (h2c) on `port`, beside HTTP/1.1
+    /// (default false). HTTP/2 over TLS is negotiated by ALPN whenever TLS is on.
+    pub h2c: bool,
     /// Timeout of each read from and write to a backend, per attempt (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
@@ -225,6 +238,10 @@ impl Default for LoadBalancerConfig {
             enable_ssl: false,
             ssl_cert_file: None,
             ssl_key_file: None,
+            tls_listen_port: 8443,
+            tls_certificates: Vec::new(),
+            redirect_http_to_https: false,
+            h2c: false,
             request_timeout: Duration::from_secs(30),
             websocket_idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),

@@ -1,6 +1,8 @@
-//! The nested sections of the file: `circuit_breaker:` ([`CircuitBreakerConfig`]) and
-//! `rate_limit:` ([`RateLimitConfig`]), with their defaults.
+//! The nested sections of the file: `circuit_breaker:` ([`CircuitBreakerConfig`]),
+//! `rate_limit:` ([`RateLimitConfig`]) and the entries of `tls_certificates:`
+//! ([`TlsCertificate`]), with their defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,16 @@ impl Default for CircuitBreakerConfig {
             failure_status_codes: Self::DEFAULT_FAILURE_STATUS_CODES.to_vec(),
         }
     }
+}
+
+/// One certificate of the TLS listener (an entry of `tls_certificates:`): PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// Per-client-IP rate limiting (`rate_limit:`; absent or `null` is off).

@@ -49,6 +49,10 @@ session_timeout: 1h
 enable_ssl: false
 ssl_cert_file: null
 ssl_key_file: null
+tls_listen_port: 9443
+tls_certificates: []
+redirect_http_to_https: false
+h2c: true
 request_timeout: 1m
 websocket_idle_timeout: 20m
 connect_timeout: 2s
@@ -121,6 +125,10 @@ fn full_yaml_parses_to_the_expected_struct() {
         enable_ssl: false,
         ssl_cert_file: None,
         ssl_key_file: None,
+        tls_listen_port: 9443,
+        tls_certificates: Vec::new(),
+        redirect_http_to_https: false,
+        h2c: true,
         request_timeout: Duration::from_secs(60),
         websocket_idle_timeout: Duration::from_secs(1200),
         connect_timeout: Duration::from_secs(2),
@@ -187,7 +195,7 @@ fn example_file_is_the_defaults_plus_three_backends() {
 #[test]
 fn example_and_reference_show_every_key() {
     let mut keys: Vec<String> = scalar_keys(&every_key_config()).into_keys().collect();
-    keys.extend(["pingora", "backends", "rate_limit"].map(String::from));
+    keys.extend(["pingora", "backends", "rate_limit", "tls_certificates"].map(String::from));
     keys.extend(["threads", "pid_file", "upgrade_sock", "daemon"].map(|k| format!("pingora.{k}")));
     for key in &keys {
         let leaf = key.rsplit('.').next().unwrap();

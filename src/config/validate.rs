@@ -125,17 +125,9 @@ impl LoadBalancerConfig {
                 later("sticky sessions land")
             ));
         }
-        if self.enable_ssl {
-            err(format!("enable_ssl: {}", later("TLS termination lands")));
-        }
-        for (key, file) in [
-            ("ssl_cert_file", &self.ssl_cert_file),
-            ("ssl_key_file", &self.ssl_key_file),
-        ] {
-            if file.is_some() {
-                err(format!("{key}: {}", later("TLS termination lands")));
-            }
-        }
+        let mut tls_errors = Vec::new();
+        self.check_tls(&mut tls_errors);
+        tls_errors.into_iter().for_each(&mut err);
         if self.max_idle_conns_per_host != 0 {
             err(
                 "max_idle_conns_per_host: not supported: Pingora keeps idle upstream connections \
@@ -178,6 +170,58 @@ impl LoadBalancerConfig {
             Ok(())
         } else {
             Err(ConfigError::from_messages(errors))
+        }
+    }
+
+    /// The TLS keys agree with each other and with the listeners. Whether the files exist and
+    /// hold a matching certificate and key is [`Settings`](crate::settings::Settings)' job
+    /// (I/O, like DNS).
+    fn check_tls(&self, errors: &mut Vec<String>) {
+        match (&self.ssl_cert_file, &self.ssl_key_file) {
+            (Some(_), None) => {
+                errors.push("ssl_key_file: missing: ssl_cert_file needs its private key".into())
+            }
+            (None, Some(_)) => errors
+                .push("ssl_cert_file: missing: ssl_key_file needs its certificate chain".into()),
+            _ => {}
+        }
+        let has_certs = self.ssl_cert_file.is_some() || !self.tls_certificates.is_empty();
+        if self.enable_ssl && !has_certs {
+            errors.push(
+                "enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, or \
+                 tls_certificates"
+                    .into(),
+            );
+        }
+        if !self.enable_ssl {
+            let given = [
+                ("ssl_cert_file", self.ssl_cert_file.is_some()),
+                ("tls_certificates", !self.tls_certificates.is_empty()),
+                ("redirect_http_to_https", self.redirect_http_to_https),
+            ];
+            for (key, _) in given.iter().filter(|(_, set)| *set) {
+                errors.push(format!(
+                    "{key}: set, but enable_ssl is false; set enable_ssl: true to serve https"
+                ));
+            }
+            return;
+        }
+        let tls = self.tls_listen_port;
+        if tls != 0 && tls == self.port {
+            errors.push(format!(
+                "tls_listen_port: {tls} is also port, the plain HTTP listener's; choose another"
+            ));
+        }
+        let admin = self.admin_address;
+        if tls != 0
+            && admin.port() == tls
+            && (admin.ip() == self.bind_address
+                || admin.ip().is_unspecified()
+                || self.bind_address.is_unspecified())
+        {
+            errors.push(format!(
+                "tls_listen_port: {tls} is the admin listener's port (admin_address {admin})"
+            ));
         }
     }
 
@@ -311,13 +355,32 @@ mod tests {
             ("session_cookie_name: \"\"\n".into(), vec!["session_cookie_name:"]),
             (
                 "enable_ssl: true\n".into(),
-                vec!["enable_ssl: not supported yet (TLS termination lands in a later release)"],
+                vec!["enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, or tls_certificates"],
             ),
             (
-                "ssl_cert_file: /etc/c.pem\n".into(),
-                vec!["ssl_cert_file: not supported yet (TLS termination lands in a later release)"],
+                "enable_ssl: true\nssl_cert_file: /etc/c.pem\n".into(),
+                vec!["ssl_key_file: missing: ssl_cert_file needs its private key"],
             ),
-            ("ssl_key_file: /etc/k.pem\n".into(), vec!["ssl_key_file: not supported yet"]),
+            (
+                "enable_ssl: true\nssl_key_file: /etc/k.pem\n".into(),
+                vec!["ssl_cert_file: missing: ssl_key_file needs its certificate chain"],
+            ),
+            (
+                "tls_certificates: [{cert_file: /c, key_file: /k}]\n".into(),
+                vec!["tls_certificates: set, but enable_ssl is false"],
+            ),
+            (
+                "redirect_http_to_https: true\n".into(),
+                vec!["redirect_http_to_https: set, but enable_ssl is false"],
+            ),
+            (
+                "enable_ssl: true\nssl_cert_file: /c\nssl_key_file: /k\ntls_listen_port: 8080\n".into(),
+                vec!["tls_listen_port: 8080 is also port"],
+            ),
+            (
+                "enable_ssl: true\nssl_cert_file: /c\nssl_key_file: /k\ntls_listen_port: 9090\n".into(),
+                vec!["tls_listen_port: 9090 is the admin listener's port"],
+            ),
             (
                 "enable_sticky_sessions: true\n".into(),
                 vec!["enable_sticky_sessions: not supported yet (sticky sessions land in a later release)"],

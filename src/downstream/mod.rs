@@ -19,7 +19,10 @@
 //! session's pipelined prefix), unchanged unless [`framing`] collapsed or dropped a field, so
 //! nothing is copied on the common path. HTTP/2 sessions pass straight through.
 //!
-//! [`CountedApp`] counts open client connections for the metrics.
+//! [`CountedApp`] counts open client connections for the metrics. With `h2c` on, it also bounds
+//! the wait for a new connection's first 24 bytes (the length of the HTTP/2 preface, which
+//! pingora reads before anything else to tell h2c from HTTP/1.1) by `client_header_timeout`;
+//! without that bound a client sending fewer bytes would hold the connection forever.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,6 +240,8 @@ pub struct CountedApp<A> {
     inner: Arc<A>,
     metrics: Arc<Metrics>,
     open: Arc<OpenConnections>,
+    /// With h2c: how long a plain connection may take to send its first 24 bytes.
+    preface_deadline: Option<Duration>,
 }
 
 impl<A> CountedApp<A> {
@@ -247,9 +252,19 @@ impl<A> CountedApp<A> {
             inner: Arc::new(inner),
             metrics,
             open,
+            preface_deadline: None,
         }
     }
+
+    /// A plain connection must send its first 24 bytes within `limit` (set with h2c).
+    pub fn with_preface_deadline(mut self, limit: Duration) -> Self {
+        self.preface_deadline = Some(limit);
+        self
+    }
 }
+
+/// Length of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
 
 /// Marks a connection closed when dropped, however its task ends.
 struct OpenConnection<'a, A>(&'a CountedApp<A>);
@@ -268,12 +283,22 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         self.metrics.connection_opened();
         self.open.opened();
         let _open = OpenConnection(&**self);
+        if let Some(limit) = self.preface_deadline {
+            if stream.get_ssl_digest().is_none() {
+                let mut first = [0u8; H2_PREFACE_LEN];
+                // peeked bytes are put back for pingora's own look at them
+                match tokio::time::timeout(limit, stream.try_peek(&mut first)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+        }
         self.inner.process_new(stream, shutdown).await
     }
 

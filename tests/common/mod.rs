@@ -4,7 +4,7 @@
 //! and answers, holds or resets ([`RawBackend`]), the admin API ([`admin_call`]) and the one
 //! way a test skips when an external tool is missing ([`tools_present`]). Process-level
 //! tests use [`process`] (the built binary) and [`load`] (continuous load with counted
-//! outcomes).
+//! outcomes). HTTPS and HTTP/2 backends with generated certificates: [`tls_backend`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub mod instance;
 pub mod load;
 pub mod process;
 mod raw_backend;
+pub mod tls_backend;
 pub mod ws;
 #[allow(unused_imports)]
 pub use client::KeptAlive;
@@ -252,8 +253,8 @@ pub fn health(lb: &RunningLoadBalancer) -> (u16, serde_json::Value) {
     (r.status, serde_json::from_str(&r.body).expect("json"))
 }
 
-/// Backend `id`'s entry in `/health` (`null` when it has none).
-pub fn server_health(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
+/// `/health`'s entry for backend `id` (null when there is none).
+pub fn health_entry(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
     let (_, json) = health(lb);
     json["servers"]
         .as_array()
@@ -266,7 +267,7 @@ pub fn server_health(lb: &RunningLoadBalancer, id: &str) -> serde_json::Value {
 
 /// The health string `/health` reports for backend `id`.
 pub fn health_of(lb: &RunningLoadBalancer, id: &str) -> String {
-    server_health(lb, id)["health"]
+    health_entry(lb, id)["health"]
         .as_str()
         .unwrap_or_default()
         .to_string()

@@ -38,8 +38,9 @@ fn each_variable_writes_the_key_it_names() {
         health_check_path=/ready healthy_threshold=5 unhealthy_threshold=6 max_retries=7 \
         retry_backoff=250ms retry_backoff_max=10s retry_budget_percent=50 \
         enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h enable_ssl=yes \
-        ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem request_timeout=1m \
-        websocket_idle_timeout=2h connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
+        ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem tls_listen_port=9443 \
+        redirect_http_to_https=true h2c=on request_timeout=1m websocket_idle_timeout=2h \
+        connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
         max_request_header_size=65536 underscores_in_headers=true max_idle_conns=64 \
         max_idle_conns_per_host=8 \
         circuit_breaker_enabled=off circuit_breaker.failure_threshold=9 \
@@ -134,7 +135,10 @@ fn unknown_variables_are_errors_naming_them() {
     assert_one_error_contains(
         "backends",
         &errors,
-        &["LB_BACKENDS:", "backends cannot be set"],
+        &[
+            "LB_BACKENDS:",
+            "backends and tls_certificates cannot be set",
+        ],
     );
 }
 
@@ -201,7 +205,7 @@ fn validation_errors_name_the_variable_that_set_the_value() {
     let errors = errors_of(load("max_retries: 11", &env));
     for want in [
         "health_check_path (from LB_HEALTH_CHECK_PATH): must start with '/'",
-        "enable_ssl (from LB_ENABLE_SSL): not supported yet",
+        "enable_ssl (from LB_ENABLE_SSL): true needs a certificate",
         "circuit_breaker.failure_status_codes[1] (from LB_CIRCUIT_BREAKER_FAILURE_STATUS_CODES): \
          must be an HTTP status code 100-599, got 700",
         "retry_budget_percent (from LB_RETRY_BUDGET_PERCENT): must be at most 100, got 150",

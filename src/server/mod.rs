@@ -11,86 +11,36 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::Opt;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+
+mod error;
+mod running;
+
+pub use error::StartError;
+use running::NotifySignal;
+pub use running::RunningLoadBalancer;
 
 use crate::access_log::{AccessLog, AccessLogWriter};
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, SetError};
 use crate::balance::{BalanceConfig, Balancer};
-use crate::config::{ConfigError, LoadBalancerConfig};
+use crate::config::LoadBalancerConfig;
 use crate::downstream::{CountedApp, GuardedApp};
 use crate::drain::{DrainService, DrainingSignal, OpenConnections};
 use crate::health::{ActiveHealthCheck, HealthService};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::{proxy_settings, Live, ReloadError, ReloadOnHangup, ReloadReport, Reloader};
+use crate::reload::{proxy_settings, Live, ReloadOnHangup, Reloader, RunningTls};
 use crate::rng::random_seed;
 use crate::settings::Settings;
-
-/// Why the load balancer could not be built or started.
-#[derive(Debug)]
-pub enum StartError {
-    /// The configuration is invalid.
-    Config(ConfigError),
-    /// A backend could not be added or removed.
-    Backend(SetError),
-    /// An operating-system call failed: reserving a port, opening the access log, starting
-    /// the server thread.
-    Io {
-        /// What Fulcrum was doing.
-        doing: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
-
-impl StartError {
-    /// Wraps an I/O error that happened while doing `doing`.
-    pub(crate) fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
-        let doing = doing.into();
-        move |source| StartError::Io { doing, source }
-    }
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(e) => write!(f, "{e}"),
-            StartError::Backend(e) => write!(f, "{e}"),
-            StartError::Io { doing, source } => write!(f, "cannot {doing}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::Config(e) => Some(e),
-            StartError::Backend(e) => Some(e),
-            StartError::Io { source, .. } => Some(source),
-        }
-    }
-}
-
-impl From<ConfigError> for StartError {
-    fn from(e: ConfigError) -> Self {
-        StartError::Config(e)
-    }
-}
-
-impl From<SetError> for StartError {
-    fn from(e: SetError) -> Self {
-        StartError::Backend(e)
-    }
-}
+use crate::tls::{listener_settings, SniResolver};
 
 /// A load balancer: configuration plus backends, ready to run.
 pub struct LoadBalancer {
@@ -104,6 +54,8 @@ pub struct LoadBalancer {
     backends: Arc<BackendSet<Balancer>>,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The TLS listener's address, when TLS is on.
+    tls_listen: Option<SocketAddr>,
 }
 
 impl LoadBalancer {
@@ -122,6 +74,13 @@ impl LoadBalancer {
         })??;
         let listen = reserve_port(SocketAddr::new(config.bind_address, config.port))?;
         let admin = reserve_port(config.admin_address)?;
+        let tls_listen = match &settings.tls {
+            Some(tls) => Some(reserve_port(SocketAddr::new(
+                config.bind_address,
+                tls.port,
+            ))?),
+            None => None,
+        };
         Ok(Self {
             config,
             settings,
@@ -131,6 +90,7 @@ impl LoadBalancer {
             backends,
             listen,
             admin,
+            tls_listen,
         })
     }
 
@@ -172,6 +132,11 @@ impl LoadBalancer {
         self.admin
     }
 
+    /// Where the TLS listener listens, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen
+    }
+
     /// Runs until a Unix signal stops it (the seed's `Start`): SIGTERM drains for
     /// `shutdown_timeout`, SIGINT stops at once, SIGQUIT hands the listening sockets to a new
     /// process started with `-u`. `opt` carries pingora's `-d`/`-u` flags.
@@ -208,7 +173,12 @@ impl LoadBalancer {
     /// Starts on a background thread and returns once the proxy accepts connections (or after
     /// 10 s). The returned handle stops it.
     pub fn start(self) -> Result<RunningLoadBalancer, StartError> {
-        let (listen, admin, backends) = (self.listen, self.admin, self.backends.clone());
+        let (listen, admin, tls, backends) = (
+            self.listen,
+            self.admin,
+            self.tls_listen,
+            self.backends.clone(),
+        );
         let notify = Arc::new(tokio::sync::Notify::new());
         let signal = NotifySignal(notify.clone());
         let (server, reloader) = self.build_with_reloader(None, false)?;
@@ -227,6 +197,7 @@ impl LoadBalancer {
         Ok(RunningLoadBalancer {
             listen,
             admin,
+            tls,
             backends,
             reloader,
             notify,
@@ -257,10 +228,15 @@ impl LoadBalancer {
 
         let access_log = access_log(cfg)?;
         let metrics = Arc::new(Metrics::new(cfg.metrics_enabled, cfg.strategy));
+        let tls = match (&settings.tls, self.tls_listen) {
+            (Some(tls), Some(addr)) => Some((addr, Arc::new(SniResolver::new(tls.certs.clone())))),
+            _ => None,
+        };
         let live_settings = Arc::new(ArcSwap::from_pointee(proxy_settings(
             settings,
             access_log.clone(),
             None,
+            tls.as_ref().map(|(addr, _)| addr.port()),
         )));
         let proxy = Proxy::new(
             self.backends.clone(),
@@ -268,15 +244,24 @@ impl LoadBalancer {
             live_settings.clone(),
             random_seed(),
         );
-        let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+        proxy.server_options = Some(server_options(settings));
         let open = Arc::new(OpenConnections::default());
-        let app = CountedApp::new(
+        let mut app = CountedApp::new(
             GuardedApp::new(proxy, settings.client_limits),
             metrics.clone(),
             open.clone(),
         );
+        if settings.h2c {
+            app = app.with_preface_deadline(settings.client_limits.header_timeout);
+        }
         let mut proxy_service = Service::new("proxy".to_string(), app);
         proxy_service.add_tcp(&self.listen.to_string());
+        if let Some((addr, resolver)) = &tls {
+            let tls_settings =
+                listener_settings(resolver.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+            proxy_service.add_tls_with_settings(&addr.to_string(), None, tls_settings);
+        }
 
         let token = Arc::new(ArcSwapOption::from(
             settings.admin_token.clone().map(Arc::new),
@@ -291,6 +276,10 @@ impl LoadBalancer {
                 metrics: metrics.clone(),
                 admin_token: token.clone(),
                 access_log: access_log.clone(),
+                tls: tls.as_ref().map(|(addr, resolver)| RunningTls {
+                    port: addr.port(),
+                    resolver: resolver.clone(),
+                }),
             },
         ));
         let admin = AdminApp::new(AdminState {
@@ -332,14 +321,25 @@ impl LoadBalancer {
             ));
         }
         log::info!(
-            "fulcrum listening on http://{} (strategy {}, {} backends), admin on http://{}",
+            "fulcrum listening on http://{}{} (strategy {}, {} backends), admin on http://{}",
             self.listen,
+            tls.as_ref()
+                .map_or_else(String::new, |(addr, _)| format!(" and https://{addr}")),
             cfg.strategy,
             self.backends.len(),
             self.admin
         );
         Ok((server, reloader))
     }
+}
+
+/// Options of the traffic listeners' HTTP server: h2c when configured, and idle HTTP/2
+/// connections closed after `client_idle_timeout` like idle HTTP/1.1 ones.
+fn server_options(settings: &Settings) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = settings.h2c;
+    options.h2_idle_timeout = Some(settings.client_limits.idle_timeout);
+    options
 }
 
 /// The access log the config asks for, opened now (a bad path fails the start) and written
@@ -386,93 +386,4 @@ fn reserve_port(addr: SocketAddr) -> Result<SocketAddr, StartError> {
     TcpListener::bind(addr)
         .and_then(|l| l.local_addr())
         .map_err(StartError::io(format!("find a free port on {}", addr.ip())))
-}
-
-/// A shutdown signal fired through a [`tokio::sync::Notify`] (see [`RunningLoadBalancer::stop`]).
-struct NotifySignal(Arc<tokio::sync::Notify>);
-
-#[async_trait]
-impl ShutdownSignalWatch for NotifySignal {
-    async fn recv(&self) -> ShutdownSignal {
-        self.0.notified().await;
-        ShutdownSignal::FastShutdown
-    }
-}
-
-/// A load balancer running on a background thread (from [`LoadBalancer::start`]).
-pub struct RunningLoadBalancer {
-    listen: SocketAddr,
-    admin: SocketAddr,
-    backends: Arc<BackendSet<Balancer>>,
-    reloader: Arc<Reloader>,
-    notify: Arc<tokio::sync::Notify>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl RunningLoadBalancer {
-    /// Where the proxy listens.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
-    }
-
-    /// Where the admin listener listens.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-    }
-
-    /// The backends and their live state.
-    pub fn backends(&self) -> &Arc<BackendSet<Balancer>> {
-        &self.backends
-    }
-
-    /// Adds a backend while running; it takes traffic from the next request on.
-    pub fn add_server(&self, server: BackendServer) -> Result<(), StartError> {
-        block_on(self.backends.add_server(server))??;
-        Ok(())
-    }
-
-    /// Removes a backend while running: no new requests go to it, and the call waits up to
-    /// `wait` for its requests in flight (they finish either way). Returns it if it existed.
-    pub fn remove_server(
-        &self,
-        id: &str,
-        wait: Duration,
-    ) -> Result<Option<BackendServer>, StartError> {
-        remove_blocking(&self.backends, id, wait)
-    }
-
-    /// Validates `config` and applies it in place, like a SIGHUP reload of a file: backends,
-    /// strategy, breaker, retries, rate limit, health check, timeouts (see [`crate::reload`]).
-    /// Waits up to the new `shutdown_timeout` for requests in flight on removed backends.
-    pub fn reload_config(&self, config: LoadBalancerConfig) -> Result<ReloadReport, ReloadError> {
-        block_on(self.reloader.reload_config(config))
-            .map_err(|e| ReloadError::Invalid(ConfigError::new(format!("cannot reload: {e}"))))?
-    }
-
-    /// Re-reads the configuration file given to [`LoadBalancer::reloading_from`] and applies
-    /// it, like SIGHUP.
-    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        block_on(self.reloader.reload())
-            .map_err(|e| ReloadError::Invalid(ConfigError::new(format!("cannot reload: {e}"))))?
-    }
-
-    /// Stops the server and waits for it to exit.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.notify.notify_one();
-            if thread.join().is_err() {
-                log::error!("the server thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for RunningLoadBalancer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
