@@ -115,6 +115,36 @@ fn the_handshake_reaches_the_backend_intact() {
 }
 
 #[test]
+fn a_websocket_goes_through_the_tls_listener() {
+    let scratch = common::process::Scratch::new("wss");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (scratch.path("cert.pem"), scratch.path("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (b, lb) = serve(|b| LoadBalancerConfig {
+        enable_ssl: true,
+        ssl_cert_file: Some(cert_file),
+        ssl_key_file: Some(key_file),
+        tls_listen_port: 0,
+        ..ws_config(&[b])
+    });
+    let tunnel = tls_tunnel(lb.tls_addr().expect("TLS listener"), cert.der().clone());
+    let mut ws = ws_connect(tunnel, "/secure");
+    assert_eq!(echo(&mut ws, "over tls"), "over tls");
+    assert_eq!(in_flight(&lb, "ws"), 1);
+    let heads = b.upgrade_heads();
+    assert!(
+        heads[0].contains("\r\nx-forwarded-proto: https\r\n"),
+        "{heads:?}"
+    );
+    close_and_release(ws, &lb);
+}
+
+#[test]
 fn a_refused_upgrade_is_passed_through_as_it_is() {
     let (b, lb) = serve(|b| ws_config(&[b]));
     let r = request(

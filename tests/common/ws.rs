@@ -308,3 +308,44 @@ pub fn wait_closed(ws: &mut WebSocket<TcpStream>, limit: Duration) -> (bool, Vec
         }
     }
 }
+
+/// A local TLS client tunnel: connections to the returned address (plain TCP) are carried over
+/// TLS to `target`, with SNI `localhost`, ALPN `http/1.1` (what browsers offer for a
+/// WebSocket) and `root` as the only trusted certificate. One thread, one connection.
+pub fn tls_tunnel(
+    target: SocketAddr,
+    root: pingora_core::tls::CertificateDer<'static>,
+) -> SocketAddr {
+    use pingora_core::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
+    pingora_core::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(root).expect("trust the test certificate");
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = TlsConnector::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept());
+            let Ok(Ok((mut plain, _))) = accepted.await else {
+                return;
+            };
+            let tcp = tokio::net::TcpStream::connect(target)
+                .await
+                .expect("connect");
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
+        });
+    });
+    addr
+}
