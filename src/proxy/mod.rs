@@ -31,157 +31,32 @@
 //! [`ProxySettings`] can be replaced while running (a reload): each request takes the settings
 //! in force when it starts and keeps them to its end, so one request never mixes two versions.
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
-use crate::access_log::{AccessEntry, AccessLog};
-use crate::backend::{BackendSet, BackendState};
-use crate::balance::{Balancer, RequestKey};
-use crate::breaker::StatusSet;
-use crate::client::TrustedProxies;
+mod ctx;
+mod settings;
+
+pub use ctx::Ctx;
+pub use settings::{LiveSettings, ProxySettings};
+
+use crate::access_log::AccessEntry;
+use crate::backend::BackendSet;
+use crate::balance::Balancer;
 use crate::headers::{
     forwarded_for_values, https_location, is_websocket_upgrade, write_forwarded, RequestIds,
 };
 use crate::metrics::{Metrics, RequestRecord};
-use crate::ratelimit::RateLimiter;
 use crate::responses;
-use crate::retry::{RetryDecision, RetryPolicy};
+use crate::retry::RetryDecision;
 use crate::time::rfc3339;
 use crate::upstream::{self, verdict, Attempt, AttemptEnd, Refusal};
-
-/// Everything the pipeline needs besides the backends, built once from the config.
-pub struct ProxySettings {
-    /// What the strategy hashes (nothing, the client IP, a header, a cookie or the path).
-    pub key: RequestKey,
-    /// TCP connect timeout per attempt.
-    pub connect_timeout: Duration,
-    /// Timeout of each read from and write to the backend.
-    pub request_timeout: Duration,
-    /// Timeout of each read and write, on both sides, of a WebSocket (in place of
-    /// `request_timeout`).
-    pub websocket_idle_timeout: Duration,
-    /// Where access-log lines go (`None` when `logging_enabled` is off).
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Plain HTTP requests are answered with a redirect to https on this port.
-    pub https_redirect: Option<u16>,
-    /// Statuses that count as failures for a backend's circuit breaker.
-    pub failure_statuses: StatusSet,
-    /// Whose `X-Forwarded-For` to believe.
-    pub trusted_proxies: TrustedProxies,
-    /// Per-client rate limit, if any (shared, so a reload that keeps the limit keeps the
-    /// counts).
-    pub rate_limit: Option<Arc<RateLimiter>>,
-    /// Retries: attempts, backoff, budget (shared like the limiter).
-    pub retry: Arc<RetryPolicy>,
-}
-
-impl std::fmt::Debug for ProxySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxySettings")
-            .field("key", &self.key)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("websocket_idle_timeout", &self.websocket_idle_timeout)
-            .field("https_redirect", &self.https_redirect)
-            .field("rate_limit", &self.rate_limit.as_ref().map(|r| r.limit()))
-            .field("retry", &self.retry.settings())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The settings requests start with; a reload stores new ones.
-pub type LiveSettings = ArcSwap<ProxySettings>;
-
-/// Per-request state. Dropped when the request ends, which releases the in-flight count and any
-/// unreported breaker probe.
-#[derive(Debug)]
-pub struct Ctx {
-    started: Instant,
-    /// The settings in force when the request started.
-    settings: Arc<ProxySettings>,
-    /// The socket peer (appended to `X-Forwarded-For`).
-    peer_ip: Option<IpAddr>,
-    /// The client connection is TLS (`X-Forwarded-Proto: https`).
-    tls: bool,
-    /// The client as far as we trust (rate limit, IP hash).
-    client_ip: Option<IpAddr>,
-    request_id: Option<HeaderValue>,
-    /// The request asks to become a WebSocket.
-    websocket: bool,
-    /// From the start to the backend's `101`, once it switched.
-    switched: Option<Duration>,
-    /// Attempts made so far (1 after the first `upstream_peer`).
-    attempts: u32,
-    /// The current attempt.
-    attempt: Option<Attempt>,
-    /// The backend chosen for the retry that was just decided (taken after the backoff).
-    next: Option<Attempt>,
-    /// Backends that failed earlier attempts of this request.
-    tried: Vec<Arc<BackendState>>,
-    /// The current attempt failed with a status we are retrying on.
-    retrying_status: bool,
-    /// Time from choosing the backend to its response headers.
-    upstream_time: Option<Duration>,
-    refusal: Option<Refusal>,
-}
-
-impl Ctx {
-    fn new(settings: Arc<ProxySettings>) -> Self {
-        Self {
-            started: Instant::now(),
-            settings,
-            peer_ip: None,
-            tls: false,
-            client_ip: None,
-            request_id: None,
-            websocket: false,
-            switched: None,
-            attempts: 0,
-            attempt: None,
-            next: None,
-            tried: Vec::new(),
-            retrying_status: false,
-            upstream_time: None,
-            refusal: None,
-        }
-    }
-
-    /// The backend of the current attempt, or of the last failed one.
-    pub fn backend(&self) -> Option<&Arc<BackendState>> {
-        self.attempt
-            .as_ref()
-            .map(|a| a.state())
-            .or(self.tried.last())
-    }
-
-    /// Number of attempts made.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// Ends the current attempt: blame its backend (`failed`) or release it without a verdict,
-    /// and remember it so a retry goes elsewhere.
-    fn end_attempt(&mut self, failed: bool, now: Instant) {
-        self.upstream_time = None;
-        if let Some(attempt) = self.attempt.take() {
-            let state = if failed {
-                attempt.fail(now)
-            } else {
-                attempt.release()
-            };
-            self.tried.push(state);
-        }
-    }
-}
 
 /// The load balancer's request pipeline.
 pub struct Proxy {
