@@ -1,7 +1,7 @@
 //! `LB_*` environment overrides, driven by serde rather than by a hand-kept table.
 //!
 //! The overridable keys are the ones a config serialises to (top level and the nested sections
-//! `circuit_breaker` and `rate_limit`; not `pingora`, `backends` or `tls_certificates`), and each one's variable is
+//! `circuit_breaker`, `rate_limit` and `acme`; not `pingora`, `backends` or `tls_certificates`), and each one's variable is
 //! `LB_` + the key in upper case, `.` becoming `_`, so keys and variable names cannot drift. A
 //! variable's text becomes a YAML value of the kind the key's default has (booleans also take
 //! `1/0`, `yes/no`, `on/off`; lists are comma-separated; an empty value unsets an optional key
@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde_yaml::{Mapping, Value};
 
 use super::error::strip_location;
-use super::{ConfigError, LoadBalancerConfig, RateLimitConfig};
+use super::{AcmeConfig, ConfigError, LoadBalancerConfig, RateLimitConfig};
 
 impl LoadBalancerConfig {
     /// Applies the `LB_*` variables among `vars` (name, value pairs; other names are ignored),
@@ -107,6 +107,7 @@ const NOT_FROM_ENV: [&str; 3] = ["pingora", "backends", "tls_certificates"];
 fn sample() -> LoadBalancerConfig {
     LoadBalancerConfig {
         rate_limit: Some(RateLimitConfig::new(1)),
+        acme: Some(AcmeConfig::new(Vec::new(), "")),
         ..LoadBalancerConfig::default()
     }
 }

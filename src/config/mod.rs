@@ -20,9 +20,10 @@
 //! Layout: this file holds the top-level struct, its defaults and loading; `duration` the
 //! duration syntax, `env` the `LB_*` overrides, `validate` the semantic checks, `pingora` the
 //! `pingora:` section and `ServerConf`, `sections` the nested sections (`circuit_breaker:`,
-//! `rate_limit:`), `token` the admin token ([`Secret`], [`LoadBalancerConfig::admin_token`]),
+//! `rate_limit:`), `acme` the `acme:` section, `token` the admin token ([`Secret`], [`LoadBalancerConfig::admin_token`]),
 //! `error` [`ConfigError`] and `de` the serde helpers.
 
+mod acme;
 mod de;
 mod duration;
 mod env;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::acme::{AcmeConfig, LETS_ENCRYPT};
 pub use self::duration::{format_duration, parse_duration, serde_duration, InvalidDuration};
 pub use self::env::process_env;
 pub use self::error::ConfigError;
@@ -154,6 +156,10 @@ pub struct LoadBalancerConfig {
     /// Accept cleartext HTTP/2 with prior knowledge (h2c) on `port`, beside HTTP/1.1
     /// (default false). HTTP/2 over TLS is negotiated by ALPN whenever TLS is on.
     pub h2c: bool,
+    /// Certificates obtained and renewed automatically over ACME (default `None`: off; needs
+    /// `enable_ssl`). They are served beside `ssl_cert_file` and `tls_certificates`, which
+    /// may then be left out.
+    pub acme: Option<AcmeConfig>,
     /// Timeout of each read from and write to a backend, per attempt (default 30s, > 0).
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
@@ -242,6 +248,7 @@ impl Default for LoadBalancerConfig {
             tls_certificates: Vec::new(),
             redirect_http_to_https: false,
             h2c: false,
+            acme: None,
             request_timeout: Duration::from_secs(30),
             websocket_idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),

@@ -129,6 +129,7 @@ fn full_yaml_parses_to_the_expected_struct() {
         tls_certificates: Vec::new(),
         redirect_http_to_https: false,
         h2c: true,
+        acme: None,
         request_timeout: Duration::from_secs(60),
         websocket_idle_timeout: Duration::from_secs(1200),
         connect_timeout: Duration::from_secs(2),
@@ -195,7 +196,16 @@ fn example_file_is_the_defaults_plus_three_backends() {
 #[test]
 fn example_and_reference_show_every_key() {
     let mut keys: Vec<String> = scalar_keys(&every_key_config()).into_keys().collect();
-    keys.extend(["pingora", "backends", "rate_limit", "tls_certificates"].map(String::from));
+    keys.extend(
+        [
+            "pingora",
+            "backends",
+            "rate_limit",
+            "tls_certificates",
+            "acme",
+        ]
+        .map(String::from),
+    );
     keys.extend(["threads", "pid_file", "upgrade_sock", "daemon"].map(|k| format!("pingora.{k}")));
     for key in &keys {
         let leaf = key.rsplit('.').next().unwrap();

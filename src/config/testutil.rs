@@ -47,7 +47,7 @@ pub(super) fn scalar_keys(config: &LoadBalancerConfig) -> BTreeMap<String, Value
     keys
 }
 
-/// The defaults, with every optional section present (`rate_limit`), so that
+/// The defaults, with every optional section present (`rate_limit`, `acme`), so that
 /// [`scalar_keys`] lists every key.
 pub(super) fn every_key_config() -> LoadBalancerConfig {
     LoadBalancerConfig {
@@ -55,6 +55,10 @@ pub(super) fn every_key_config() -> LoadBalancerConfig {
             requests_per_second: 100,
             burst: 200,
         }),
+        acme: Some(super::AcmeConfig::new(
+            vec!["example.com".into()],
+            "/var/lib/fulcrum/acme",
+        )),
         ..LoadBalancerConfig::default()
     }
 }

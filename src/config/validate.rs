@@ -185,13 +185,18 @@ impl LoadBalancerConfig {
                 .push("ssl_cert_file: missing: ssl_key_file needs its certificate chain".into()),
             _ => {}
         }
-        let has_certs = self.ssl_cert_file.is_some() || !self.tls_certificates.is_empty();
+        let has_certs = self.ssl_cert_file.is_some()
+            || !self.tls_certificates.is_empty()
+            || self.acme.is_some();
         if self.enable_ssl && !has_certs {
             errors.push(
-                "enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, or \
-                 tls_certificates"
+                "enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, \
+                 tls_certificates, or acme"
                     .into(),
             );
+        }
+        if let Some(acme) = &self.acme {
+            acme.check(self.enable_ssl, errors);
         }
         if !self.enable_ssl {
             let given = [
@@ -355,7 +360,7 @@ mod tests {
             ("session_cookie_name: \"\"\n".into(), vec!["session_cookie_name:"]),
             (
                 "enable_ssl: true\n".into(),
-                vec!["enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, or tls_certificates"],
+                vec!["enable_ssl: true needs a certificate: set ssl_cert_file and ssl_key_file, tls_certificates, or acme"],
             ),
             (
                 "enable_ssl: true\nssl_cert_file: /etc/c.pem\n".into(),

@@ -40,6 +40,8 @@ fn each_variable_writes_the_key_it_names() {
         enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h enable_ssl=yes \
         ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem tls_listen_port=9443 \
         redirect_http_to_https=true h2c=on request_timeout=1m websocket_idle_timeout=2h \
+        acme.directory_url=https://ca.example/dir acme.email=ops@example.com \
+        acme.domains=a.example,b.example acme.storage_dir=/srv/acme acme.ca_file=/etc/ca.pem \
         connect_timeout=1s client_header_timeout=3s client_idle_timeout=5m \
         max_request_header_size=65536 underscores_in_headers=true max_idle_conns=64 \
         max_idle_conns_per_host=8 \
