@@ -13,6 +13,15 @@
 //! `ArcSwap` load. A reload stores a new store: handshakes from then on use it, connections
 //! already established keep theirs. [`listener_settings`] makes pingora's listener settings:
 //! TLS 1.2 and 1.3 only (pingora's rustls builder), ALPN `h2, http/1.1`.
+//!
+//! Certificates obtained over ACME ([`Certificate`], added by [`SniResolver::set_obtained`])
+//! live beside the configured ones and survive a reload, which replaces only the configured
+//! ones. They are matched first, by their names like any other (so a name both configured and
+//! obtained is served from the obtained certificate once there is one); the default for no
+//! SNI or no match stays the first configured certificate, or the first obtained one when
+//! none is configured. With `acme` on and nothing configured, the store may be empty until
+//! the first certificate arrives: handshakes are then refused (rustls' fatal alert), never
+//! answered with a made-up certificate.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,11 +46,15 @@ struct Loaded {
     names: Vec<String>,
     not_after: SystemTime,
     cert_file: PathBuf,
+    /// The chain's file, or `acme:<first domain>` for an obtained one.
+    source: String,
 }
 
 /// What a loaded certificate is, for logs, `/health` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// Where it comes from: its chain's file as configured, or `acme:<first domain>`.
+    pub source: String,
     /// The chain's file.
     pub cert_file: PathBuf,
     /// The names it is served for.
@@ -50,11 +63,13 @@ pub struct CertInfo {
     pub not_after: SystemTime,
 }
 
-/// The TLS listener's certificates, in configuration order: never empty, the first is the
-/// default.
+/// The TLS listener's certificates: the configured ones in configuration order (the first is
+/// the default) and the obtained ones (ACME). Empty only while `acme` has not obtained its
+/// first certificate and nothing is configured.
 #[derive(Clone)]
 pub struct CertStore {
     certs: Vec<Loaded>,
+    obtained: Vec<Loaded>,
 }
 
 impl fmt::Debug for CertStore {
@@ -66,7 +81,7 @@ impl fmt::Debug for CertStore {
 impl CertStore {
     /// Loads the certificates `config` names: `ssl_cert_file`/`ssl_key_file` first, then
     /// `tls_certificates`. `None` when TLS is off. Every problem is reported, each naming its
-    /// key and file.
+    /// key and file. None at all is an error unless `acme` will obtain one.
     pub fn from_config(config: &LoadBalancerConfig) -> Result<Option<Self>, Vec<String>> {
         if !config.enable_ssl {
             return Ok(None);
@@ -100,45 +115,81 @@ impl CertStore {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if certs.is_empty() {
+        if certs.is_empty() && config.acme.is_none() {
             return Err(vec!["enable_ssl: true needs a certificate".to_string()]);
         }
-        Ok(Some(Self { certs }))
+        Ok(Some(Self {
+            certs,
+            obtained: Vec::new(),
+        }))
     }
 
-    /// The certificate for a client that asked for `sni`.
-    pub fn choose(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
-        let first = &self.certs[0].key; // never empty: `from_config` refuses that
+    /// The certificate for a client that asked for `sni`; `None` only when the store is empty.
+    pub fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let first = self.certs.first().or(self.obtained.first()).map(|c| &c.key);
         let Some(sni) = sni else {
             return first;
         };
         let sni = sni.trim_end_matches('.');
-        let exact = self
-            .certs
-            .iter()
-            .find(|c| c.names.iter().any(|n| n.eq_ignore_ascii_case(sni)));
+        let all = || self.obtained.iter().chain(&self.certs);
+        let exact = all().find(|c| c.names.iter().any(|n| n.eq_ignore_ascii_case(sni)));
         let wildcard = || {
             let (_, parent) = sni.split_once('.')?;
-            self.certs.iter().find(|c| {
+            all().find(|c| {
                 c.names.iter().any(|n| {
                     n.strip_prefix("*.")
                         .is_some_and(|suffix| suffix.eq_ignore_ascii_case(parent))
                 })
             })
         };
-        exact.or_else(wildcard).map_or(first, |c| &c.key)
+        exact.or_else(wildcard).map(|c| &c.key).or(first)
     }
 
-    /// What is loaded, in order.
+    /// What is loaded: the configured certificates in order, then the obtained ones.
     pub fn infos(&self) -> Vec<CertInfo> {
         self.certs
             .iter()
-            .map(|c| CertInfo {
-                cert_file: c.cert_file.clone(),
-                names: c.names.clone(),
-                not_after: c.not_after,
-            })
+            .chain(&self.obtained)
+            .map(Loaded::info)
             .collect()
+    }
+}
+
+impl Loaded {
+    fn info(&self) -> CertInfo {
+        CertInfo {
+            source: self.source.clone(),
+            cert_file: self.cert_file.clone(),
+            names: self.names.clone(),
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// A certificate obtained at run time (ACME), loaded and checked like a configured one, for
+/// [`SniResolver::set_obtained`].
+#[derive(Clone)]
+pub struct Certificate(Loaded);
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.info().fmt(f)
+    }
+}
+
+impl Certificate {
+    /// Loads the pair `files`, known as `source` (`acme:example.com`); the error names the
+    /// source and the file.
+    pub fn load(source: &str, files: &TlsCertificate) -> Result<Self, String> {
+        load(source, source, files).map(|mut c| {
+            c.source = source.to_string();
+            Self(c)
+        })
+    }
+
+    /// What it is.
+    pub fn info(&self) -> CertInfo {
+        self.0.info()
     }
 }
 
@@ -178,6 +229,7 @@ fn load(cert_key: &str, key_key: &str, files: &TlsCertificate) -> Result<Loaded,
         names,
         not_after,
         cert_file: cert_path.clone(),
+        source: cert_path.display().to_string(),
     })
 }
 
@@ -233,9 +285,26 @@ impl SniResolver {
         }
     }
 
-    /// Serves `store` from the next handshake on.
+    /// Serves `store`'s configured certificates from the next handshake on, beside the
+    /// obtained ones already served (a reload re-reads files; it does not drop ACME's).
     pub fn replace(&self, store: CertStore) {
-        self.store.store(Arc::new(store));
+        self.store.rcu(|current| CertStore {
+            certs: store.certs.clone(),
+            obtained: current.obtained.clone(),
+        });
+    }
+
+    /// Serves `cert` from the next handshake on, in place of the obtained certificate with the
+    /// same source (a renewal), or beside the others.
+    pub fn set_obtained(&self, cert: Certificate) {
+        self.store.rcu(|current| {
+            let mut next = CertStore::clone(current);
+            match next.obtained.iter_mut().find(|c| c.source == cert.0.source) {
+                Some(slot) => *slot = cert.0.clone(),
+                None => next.obtained.push(cert.0.clone()),
+            }
+            next
+        });
     }
 
     /// The certificates served now.
@@ -246,7 +315,11 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.store.load().choose(hello.server_name()).clone())
+        let chosen = self.store.load().choose(hello.server_name()).cloned();
+        if chosen.is_none() {
+            log::debug!("TLS handshake refused: no certificate yet (ACME has not obtained one)");
+        }
+        chosen
     }
 }
 
@@ -297,7 +370,7 @@ mod tests {
         };
         let store = CertStore::from_config(&config).unwrap().unwrap();
         let which = |sni: Option<&str>| {
-            let chosen = store.choose(sni);
+            let chosen = store.choose(sni).unwrap();
             store
                 .certs
                 .iter()
@@ -321,6 +394,66 @@ mod tests {
         let infos = store.infos();
         assert_eq!(infos[2].names, ["api.example.org", "other.test"]);
         assert!(infos[0].not_after > SystemTime::now());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn obtained_certificates_match_first_and_survive_a_reload() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-tls-acme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let configured = pair(&dir, "conf", &["default.test", "both.test"]);
+        let mut config = LoadBalancerConfig {
+            enable_ssl: true,
+            acme: Some(crate::config::AcmeConfig::new(
+                vec!["acme.test".into()],
+                &dir,
+            )),
+            ..LoadBalancerConfig::default()
+        };
+        // ACME alone: a valid store, empty until the first certificate
+        let empty = CertStore::from_config(&config).unwrap().unwrap();
+        assert!(empty.choose(None).is_none() && empty.choose(Some("acme.test")).is_none());
+        let resolver = SniResolver::new(empty);
+        let obtained = pair(&dir, "acme", &["acme.test", "both.test"]);
+        let cert = Certificate::load("acme:acme.test", &obtained).unwrap();
+        assert_eq!(cert.info().source, "acme:acme.test");
+        resolver.set_obtained(cert.clone());
+        let served = |sni: Option<&str>| {
+            let store = resolver.store.load();
+            let key = store.choose(sni).unwrap().clone();
+            store
+                .infos()
+                .into_iter()
+                .zip(store.certs.iter().chain(&store.obtained))
+                .find(|(_, c)| Arc::ptr_eq(&c.key, &key))
+                .map(|(i, _)| i.source)
+                .unwrap()
+        };
+        assert_eq!(
+            served(None),
+            "acme:acme.test",
+            "the only certificate is the default"
+        );
+
+        // a reload brings a configured certificate: it becomes the default, ACME's stays
+        config.ssl_cert_file = Some(configured.cert_file.clone());
+        config.ssl_key_file = Some(configured.key_file.clone());
+        resolver.replace(CertStore::from_config(&config).unwrap().unwrap());
+        let conf_source = configured.cert_file.display().to_string();
+        assert_eq!(served(None), conf_source);
+        assert_eq!(served(Some("unknown.test")), conf_source);
+        assert_eq!(served(Some("default.test")), conf_source);
+        assert_eq!(served(Some("acme.test")), "acme:acme.test");
+        assert_eq!(
+            served(Some("both.test")),
+            "acme:acme.test",
+            "obtained match first"
+        );
+
+        // a renewal replaces the obtained certificate with the same source
+        resolver.set_obtained(cert);
+        let sources: Vec<String> = resolver.infos().into_iter().map(|i| i.source).collect();
+        assert_eq!(sources, [conf_source.clone(), "acme:acme.test".into()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
