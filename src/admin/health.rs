@@ -2,8 +2,9 @@
 //!
 //! `/health` is the seed's JSON `{status, timestamp, servers: [{id, url, health,
 //! active_connections}]}` plus each backend's weight, breaker state, draining flag and last check
-//! (time and error); status 200 while at least one backend may take traffic (healthy or not yet
-//! checked, and not draining), else 503. `/ready` tells
+//! (time and error), and `tls_certificates`: each certificate the TLS listener serves (source,
+//! names, expiry; empty without TLS); status 200 while at least one backend may take traffic
+//! (healthy or not yet checked, and not draining), else 503. `/ready` tells
 //! load balancers and Kubernetes whether to send traffic: 200 while serving, 503 once shutdown
 //! has begun.
 
@@ -17,6 +18,7 @@ use super::json_response;
 use crate::backend::BackendState;
 use crate::health::HealthStatus;
 use crate::time::rfc3339;
+use crate::tls::CertInfo;
 
 /// Body of `GET /health`.
 #[derive(Debug, Serialize)]
@@ -27,6 +29,34 @@ pub struct HealthReport {
     pub timestamp: String,
     /// One entry per backend.
     pub servers: Vec<ServerHealth>,
+    /// The TLS listener's certificates (empty when TLS is off).
+    pub tls_certificates: Vec<CertificateHealth>,
+}
+
+/// One certificate of the TLS listener in `/health`.
+#[derive(Debug, Serialize)]
+pub struct CertificateHealth {
+    /// Its chain's file as configured, or `acme:<first domain>`.
+    pub source: String,
+    /// The DNS names it is served for.
+    pub names: Vec<String>,
+    /// When it expires (RFC 3339, UTC).
+    pub not_after: String,
+}
+
+impl HealthReport {
+    /// The report with the TLS listener's `certificates`.
+    pub fn with_certificates(mut self, certificates: &[CertInfo]) -> Self {
+        self.tls_certificates = certificates
+            .iter()
+            .map(|c| CertificateHealth {
+                source: c.source.clone(),
+                names: c.names.clone(),
+                not_after: rfc3339(c.not_after),
+            })
+            .collect();
+        self
+    }
 }
 
 /// One backend in `/health`.
@@ -89,6 +119,7 @@ pub fn report(backends: &[Arc<BackendState>], now: SystemTime) -> (StatusCode, H
         status,
         timestamp: rfc3339(now),
         servers,
+        tls_certificates: Vec::new(),
     };
     (code, report)
 }
@@ -163,6 +194,19 @@ mod tests {
         assert_eq!(json["servers"][0]["last_check"], "1970-01-01T00:00:00.000Z");
         assert_eq!(json["servers"][0]["last_error"], serde_json::Value::Null);
         assert_eq!(json["servers"][1]["last_check"], serde_json::Value::Null);
+        assert_eq!(json["tls_certificates"], serde_json::json!([]));
+        let cert = CertInfo {
+            source: "acme:a.example".into(),
+            cert_file: "/var/lib/a.example.pem".into(),
+            names: vec!["a.example".into()],
+            not_after: SystemTime::UNIX_EPOCH,
+        };
+        let json = serde_json::to_value(rep.with_certificates(&[cert])).unwrap();
+        assert_eq!(
+            json["tls_certificates"],
+            serde_json::json!([{"source": "acme:a.example", "names": ["a.example"],
+                "not_after": "1970-01-01T00:00:00.000Z"}])
+        );
 
         // the healthy one drains, the other fails its check: nothing takes traffic
         members.drain("a").unwrap();

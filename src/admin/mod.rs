@@ -3,7 +3,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /health` | backends' health (the seed's JSON); 200 while one is healthy, else 503 |
+//! | `GET /health` | backends' health (the seed's JSON) and TLS certificates; 200 while one backend is healthy, else 503 |
 //! | `GET /ready` | 200 while serving, 503 once shutdown has begun |
 //! | `GET /metrics` | Prometheus text; JSON snapshot with `Accept: application/json` or `?format=json` |
 //! | `/api/backends...` | list, add, remove, drain, set weight (mutations need the bearer token) |
@@ -33,6 +33,7 @@ use crate::backend::BackendSet;
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::tls::{CertInfo, SniResolver};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -50,6 +51,15 @@ pub struct AdminState {
     pub reload: Option<Arc<Reloader>>,
     /// Longest a removal waits for a draining backend's requests to finish.
     pub drain_timeout: Duration,
+    /// The TLS listener's certificates, when TLS is on (read for `/health` and `/metrics`).
+    pub tls: Option<Arc<SniResolver>>,
+}
+
+impl AdminState {
+    /// The certificates the TLS listener serves now (none without TLS).
+    fn certificates(&self) -> Vec<CertInfo> {
+        self.tls.as_ref().map(|t| t.infos()).unwrap_or_default()
+    }
 }
 
 /// One admin request, parsed.
@@ -99,7 +109,7 @@ impl AdminApp {
         match (&req.method, req.path.as_str()) {
             (&Method::GET | &Method::HEAD, "/health") => {
                 let (code, report) = health::report(&state.backends.snapshot(), SystemTime::now());
-                json_response(code, &report)
+                json_response(code, &report.with_certificates(&state.certificates()))
             }
             (&Method::GET | &Method::HEAD, "/ready") => health::ready(shutting_down),
             (&Method::GET | &Method::HEAD, "/metrics") => metrics_response(state, req),
@@ -132,7 +142,10 @@ fn metrics_response(state: &AdminState, req: &AdminRequest) -> Response<Vec<u8>>
     if wants_json {
         json_response(StatusCode::OK, &state.metrics.json_snapshot(&backends))
     } else {
-        let mut resp = Response::new(state.metrics.prometheus_text(&backends).into_bytes());
+        let text = state
+            .metrics
+            .prometheus_text(&backends, &state.certificates());
+        let mut resp = Response::new(text.into_bytes());
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -1,8 +1,10 @@
 //! The Prometheus text exposition ([`Metrics::prometheus_text`]): the registry's families plus
 //! the per-backend families built at scrape time from the backends given, so a removed backend
-//! disappears from the next scrape, encoded together in name order.
+//! disappears from the next scrape, and the expiry of each TLS certificate served, encoded
+//! together in name order.
 
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use pingora_prometheus::prometheus::proto::{
     Bucket, Counter as CounterProto, Gauge as GaugeProto, Histogram as HistogramProto, LabelPair,
@@ -14,16 +16,23 @@ use super::{HistogramSnapshot, Metrics, CODE_CLASSES, DURATION_BUCKETS};
 use crate::backend::BackendState;
 use crate::breaker::BreakerState;
 use crate::health::HealthStatus;
+use crate::tls::CertInfo;
 
 impl Metrics {
-    /// Prometheus text exposition of everything, including per-backend state.
-    pub fn prometheus_text(&self, backends: &[Arc<BackendState>]) -> String {
+    /// Prometheus text exposition of everything, including per-backend state and the expiry
+    /// of the TLS listener's `certificates`.
+    pub fn prometheus_text(
+        &self,
+        backends: &[Arc<BackendState>],
+        certificates: &[CertInfo],
+    ) -> String {
         let mut families = self
             .prom
             .as_ref()
             .map(|p| p.registry.gather())
             .unwrap_or_default();
         families.extend(self.backend_families(backends));
+        families.extend(certificate_family(certificates));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         match TextEncoder::new().encode_to_string(&families) {
             Ok(text) => text,
@@ -170,6 +179,29 @@ impl Metrics {
         .flatten()
         .collect()
     }
+}
+
+/// `fulcrum_tls_certificate_expiry_timestamp_seconds`: one series per certificate served,
+/// `cert` its file or `acme:<first domain>`, `names` its DNS names joined by commas.
+fn certificate_family(certificates: &[CertInfo]) -> Option<MetricFamily> {
+    let series = certificates
+        .iter()
+        .map(|c| {
+            let expiry = c
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let names = c.names.join(",");
+            gauge(&[("cert", &c.source), ("names", &names)], expiry)
+        })
+        .collect();
+    family(
+        "fulcrum_tls_certificate_expiry_timestamp_seconds",
+        "When each certificate the TLS listener serves expires (Unix time); cert is its file or \
+         acme:<first domain>, names its DNS names.",
+        MetricType::GAUGE,
+        series,
+    )
 }
 
 /// 1 for true, 0 for false.

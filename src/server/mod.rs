@@ -288,6 +288,7 @@ impl LoadBalancer {
             token,
             reload: Some(reloader.clone()),
             drain_timeout: settings.shutdown_timeout,
+            tls: tls.as_ref().map(|(_, resolver)| resolver.clone()),
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&self.admin.to_string());
