@@ -16,6 +16,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod backend;
 pub mod balance;

@@ -14,7 +14,7 @@
 //! | health check | path, timeout, thresholds and interval ([`ActiveHealthCheck::set_settings`]) |
 //! | retries, rate limit, `hash_key`, timeouts, trusted proxies, failure statuses | new [`ProxySettings`] for requests that start from now on; the limiter's counts and the retry budget carry over when their settings did not change |
 //! | admin token | the next admin call checks the new one |
-//! | TLS certificates | re-read from their files (also when the paths did not change) and served from the next handshake on; open connections keep theirs |
+//! | TLS certificates | re-read from their files (also when the paths did not change) and served from the next handshake on; open connections keep theirs; the ACME certificate stays (the `acme` section itself needs an upgrade) |
 //!
 //! Keys that need new sockets or a new process ([`NEEDS_UPGRADE`]: ports, addresses, the
 //! `pingora` section, the access log, client connection limits...) are reported and logged as
@@ -69,6 +69,7 @@ pub const NEEDS_UPGRADE: &[&str] = &[
     "enable_ssl",
     "tls_listen_port",
     "h2c",
+    "acme",
 ];
 
 /// The parts of a running load balancer that a reload changes.

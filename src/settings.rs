@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
+use crate::acme::AcmeSettings;
 use crate::backend::{BackendSpec, InvalidField};
 use crate::balance::{RequestKey, Strategy};
 use crate::breaker::{BreakerSettings, StatusSet};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub redirect_http_to_https: bool,
     /// Cleartext HTTP/2 with prior knowledge on the plain port.
     pub h2c: bool,
+    /// Automatic certificates, when `acme` is set (with TLS on).
+    pub acme: Option<AcmeSettings>,
 }
 
 /// The TLS listener's port and certificates.
@@ -84,15 +87,18 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
 
     fn try_from(cfg: &LoadBalancerConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        // The two kinds of I/O a config needs, each reporting every problem, together.
-        let (backends, certs) = match (resolve_backends(cfg), CertStore::from_config(cfg)) {
-            (Ok(b), Ok(c)) => (b, c),
-            (b, c) => {
-                let mut errors = b.err().map(ConfigError::into_messages).unwrap_or_default();
-                errors.extend(c.err().unwrap_or_default());
-                return Err(ConfigError::from_messages(errors));
-            }
-        };
+        // The kinds of I/O a config needs, each reporting every problem, together.
+        let acme = cfg.acme.as_ref().map(AcmeSettings::load).transpose();
+        let (backends, certs, acme) =
+            match (resolve_backends(cfg), CertStore::from_config(cfg), acme) {
+                (Ok(b), Ok(c), Ok(a)) => (b, c, a),
+                (b, c, a) => {
+                    let mut errors = b.err().map(ConfigError::into_messages).unwrap_or_default();
+                    errors.extend(c.err().unwrap_or_default());
+                    errors.extend(a.err().unwrap_or_default());
+                    return Err(ConfigError::from_messages(errors));
+                }
+            };
         let breaker = cfg.circuit_breaker_enabled.then_some(BreakerSettings {
             failure_threshold: cfg.circuit_breaker.failure_threshold,
             recovery_threshold: cfg.circuit_breaker.recovery_threshold,
@@ -138,6 +144,7 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             }),
             redirect_http_to_https: cfg.enable_ssl && cfg.redirect_http_to_https,
             h2c: cfg.h2c,
+            acme,
             rate_limit: match cfg.rate_limit {
                 None => None,
                 Some(r) => Some(Limit::new(r.requests_per_second, r.burst).ok_or_else(|| {

@@ -220,7 +220,15 @@ fn lower_layers_never_import_higher_ones() {
         (
             "tls",
             &[
-                "backend", "upstream", "proxy", "server", "admin", "settings", "reload",
+                "backend", "upstream", "proxy", "server", "admin", "settings", "reload", "acme",
+            ],
+        ),
+        // ACME: above config and tls, below the pipeline that answers its challenges and the
+        // wiring that starts its service
+        (
+            "acme",
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "settings", "reload", "metrics",
             ],
         ),
     ];

@@ -5,8 +5,9 @@
 //!
 //! 1. `early_request_filter` — who the client is ([`TrustedProxies`]), the request id; a
 //!    WebSocket ([`is_websocket_upgrade`]) waits on the client up to `websocket_idle_timeout`.
-//! 2. `request_filter` — plain HTTP redirected to https when configured; per-client rate
-//!    limit ([`RateLimiter`]): 429 when over ([`responses`]).
+//! 2. `request_filter` — ACME HTTP-01 challenges answered on the plain listener
+//!    ([`Challenges`], before anything else); plain HTTP redirected to https when configured;
+//!    per-client rate limit ([`RateLimiter`]): 429 when over ([`responses`]).
 //! 3. `upstream_peer` — [`upstream::choose`] a backend; on a retry, wait the backoff and take
 //!    the backend chosen when the retry was decided. Backend reads and writes wait up to
 //!    `request_timeout`, or `websocket_idle_timeout` for a WebSocket.
@@ -47,6 +48,7 @@ pub use ctx::Ctx;
 pub use settings::{LiveSettings, ProxySettings};
 
 use crate::access_log::AccessEntry;
+use crate::acme::Challenges;
 use crate::backend::BackendSet;
 use crate::balance::Balancer;
 use crate::headers::{
@@ -64,6 +66,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     settings: Arc<LiveSettings>,
     ids: RequestIds,
+    /// The HTTP-01 answers, when ACME is on.
+    acme: Option<Arc<Challenges>>,
 }
 
 impl Proxy {
@@ -80,7 +84,15 @@ impl Proxy {
             metrics,
             settings,
             ids: RequestIds::new(id_prefix),
+            acme: None,
         }
+    }
+
+    /// Answers the ACME HTTP-01 challenges in `challenges` on the plain listener, before
+    /// anything else.
+    pub fn answering_acme(mut self, challenges: Arc<Challenges>) -> Self {
+        self.acme = Some(challenges);
+        self
     }
 
     /// Chooses a backend for this request's next attempt, avoiding the ones it already tried.
@@ -173,6 +185,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(acme) = self.acme.as_ref().filter(|_| !ctx.tls) {
+            if acme.answer(session).await? {
+                return Ok(true);
+            }
+        }
         if let Some(port) = ctx.settings.https_redirect.filter(|_| !ctx.tls) {
             if let Some(location) = https_location(session.req_header(), port) {
                 responses::write_redirect(session, location, ctx.request_id.as_ref()).await?;

@@ -2,7 +2,8 @@
 //!
 //! It owns the wiring and nothing else: the [`BackendSet`] (members, pingora's selector and
 //! health registry), the health-check service, the proxy service on `bind_address:port`, the
-//! admin service on `admin_address`, and the [`Reloader`] that applies a changed configuration
+//! admin service on `admin_address`, the ACME service when `acme` is set (its challenges
+//! answered by the proxy), and the [`Reloader`] that applies a changed configuration
 //! in place (SIGHUP, `POST /api/reload`, [`RunningLoadBalancer::reload_config`]). Running
 //! blocks until a shutdown signal: Unix signals for the binary (SIGTERM graceful, SIGINT fast,
 //! SIGQUIT upgrade), or [`RunningLoadBalancer::stop`] for embedders and tests.
@@ -28,6 +29,7 @@ use running::NotifySignal;
 pub use running::RunningLoadBalancer;
 
 use crate::access_log::{AccessLog, AccessLogWriter};
+use crate::acme::{AcmeService, Challenges};
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, SetError};
 use crate::balance::{BalanceConfig, Balancer};
@@ -238,12 +240,24 @@ impl LoadBalancer {
             None,
             tls.as_ref().map(|(addr, _)| addr.port()),
         )));
-        let proxy = Proxy::new(
+        let mut proxy = Proxy::new(
             self.backends.clone(),
             metrics.clone(),
             live_settings.clone(),
             random_seed(),
         );
+        // ACME: the proxy answers the challenges the service sets; the service loads the
+        // stored certificate into the resolver now, so the first handshake can have it.
+        let acme = match (&settings.acme, &tls) {
+            (Some(acme), Some((_, resolver))) => {
+                let challenges = Arc::new(Challenges::default());
+                proxy = proxy.answering_acme(challenges.clone());
+                let service =
+                    AcmeService::new(acme.clone(), resolver.clone(), challenges, self.listen);
+                Some(background_service("acme", service))
+            }
+            _ => None,
+        };
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
         proxy.server_options = Some(server_options(settings));
         let open = Arc::new(OpenConnections::default());
@@ -315,6 +329,9 @@ impl LoadBalancer {
             server.add_service(background_service("drain", drain));
         }
         server.add_service(admin_service);
+        if let Some(acme) = acme {
+            server.add_service(acme);
+        }
         if hangup {
             server.add_service(background_service(
                 "reload on SIGHUP",
