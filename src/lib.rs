@@ -38,6 +38,7 @@ pub mod retry;
 pub(crate) mod rng;
 pub mod server;
 pub mod settings;
+pub mod sticky;
 pub mod time;
 pub mod tls;
 pub mod upstream;

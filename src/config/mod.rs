@@ -50,7 +50,7 @@ pub use self::pingora::{
     PingoraConfig, DEFAULT_PID_FILE, DEFAULT_UPGRADE_SOCK, MAX_RUNTIME_SHUTDOWN_SECS,
 };
 pub use self::sections::{CircuitBreakerConfig, RateLimitConfig, TlsCertificate};
-pub use self::token::{Secret, MIN_ADMIN_TOKEN_LEN};
+pub use self::token::{Secret, MIN_ADMIN_TOKEN_LEN, MIN_SESSION_SECRET_LEN};
 
 use self::de::{cidr_list_serde, deserialize_port, hash_key_serde, null_as_default};
 use self::error::describe_yaml_error;
@@ -130,13 +130,25 @@ pub struct LoadBalancerConfig {
     /// Retries may add at most this percentage to the recent request rate, with a floor of 3
     /// retries per second (default 20, 0-100).
     pub retry_budget_percent: u32,
-    /// Session affinity by cookie (default false; `true` is rejected until sticky sessions land).
+    /// Session affinity by cookie (default false).
     pub enable_sticky_sessions: bool,
     /// Name of the session cookie (default `LB_SESSION_ID`; an RFC 6265 token).
     pub session_cookie_name: String,
-    /// Idle time after which a session expires (default 2h, > 0).
+    /// Idle time after which a session expires (default 2h, > 0); each request extends it.
     #[serde(with = "serde_duration")]
     pub session_timeout: Duration,
+    /// Where sessions live: `memory` (default), `cookie` (signed, stateless) or
+    /// `redis://HOST:PORT/DB`.
+    pub session_store: String,
+    /// Prefix of the Redis keys (default `fulcrum:session:`).
+    pub session_store_prefix: String,
+    /// Most sessions the memory store keeps; a full store evicts the oldest (default 100000).
+    pub max_sessions: usize,
+    /// HMAC key of the `cookie` store (at least 32 characters); all instances share it.
+    pub session_secret: Option<Secret>,
+    /// File holding the `cookie` store's keys, one per line: the first signs, every one is
+    /// accepted (key rotation). Instead of `session_secret`.
+    pub session_secret_file: Option<PathBuf>,
     /// TLS termination on `tls_listen_port`, beside plain HTTP on `port` (default false).
     pub enable_ssl: bool,
     /// PEM certificate chain of the default certificate (default none). With `ssl_key_file`
@@ -241,6 +253,11 @@ impl Default for LoadBalancerConfig {
             enable_sticky_sessions: false,
             session_cookie_name: "LB_SESSION_ID".to_string(),
             session_timeout: Duration::from_secs(2 * 3600),
+            session_store: "memory".to_string(),
+            session_store_prefix: "fulcrum:session:".to_string(),
+            max_sessions: 100_000,
+            session_secret: None,
+            session_secret_file: None,
             enable_ssl: false,
             ssl_cert_file: None,
             ssl_key_file: None,

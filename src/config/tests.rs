@@ -46,6 +46,11 @@ retry_budget_percent: 10
 enable_sticky_sessions: false
 session_cookie_name: MY_SESSION
 session_timeout: 1h
+session_store: memory
+session_store_prefix: "app:s:"
+max_sessions: 5000
+session_secret: null
+session_secret_file: null
 enable_ssl: false
 ssl_cert_file: null
 ssl_key_file: null
@@ -122,6 +127,11 @@ fn full_yaml_parses_to_the_expected_struct() {
         enable_sticky_sessions: false,
         session_cookie_name: "MY_SESSION".into(),
         session_timeout: Duration::from_secs(3600),
+        session_store: "memory".into(),
+        session_store_prefix: "app:s:".into(),
+        max_sessions: 5000,
+        session_secret: None,
+        session_secret_file: None,
         enable_ssl: false,
         ssl_cert_file: None,
         ssl_key_file: None,

@@ -16,6 +16,10 @@ use super::{ConfigError, LoadBalancerConfig};
 /// Fewest characters accepted in an admin token.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
+/// Shortest `session_secret` (and each key of `session_secret_file`): 32 characters, 256 bits
+/// at most of an HMAC-SHA256 key's strength.
+pub const MIN_SESSION_SECRET_LEN: usize = 32;
+
 /// Largest `admin_token_file` read: the file holds one token, so anything bigger is a mistake
 /// (and reading stops there, so a device or a huge file cannot exhaust memory).
 const MAX_TOKEN_FILE_SIZE: u64 = 4096;

@@ -37,7 +37,9 @@ fn each_variable_writes_the_key_it_names() {
         admin_token_file=/run/token health_check_interval=10s health_check_timeout=1s \
         health_check_path=/ready healthy_threshold=5 unhealthy_threshold=6 max_retries=7 \
         retry_backoff=250ms retry_backoff_max=10s retry_budget_percent=50 \
-        enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h enable_ssl=yes \
+        enable_sticky_sessions=TRUE session_cookie_name=SID session_timeout=1h session_store=cookie \
+        session_store_prefix=x: max_sessions=10 session_secret=0123456789abcdef0123456789abcdef \
+        session_secret_file=/run/keys enable_ssl=yes \
         ssl_cert_file=/etc/cert.pem ssl_key_file=/etc/key.pem tls_listen_port=9443 \
         redirect_http_to_https=true h2c=on request_timeout=1m websocket_idle_timeout=2h \
         acme.directory_url=https://ca.example/dir acme.email=ops@example.com \

@@ -6,7 +6,8 @@ use std::path::{Path, MAIN_SEPARATOR};
 use std::str::FromStr;
 
 use super::{
-    format_duration, ConfigError, LoadBalancerConfig, MAX_RETRIES_LIMIT, REQUEST_HEADER_SIZE_RANGE,
+    format_duration, ConfigError, LoadBalancerConfig, MAX_RETRIES_LIMIT, MIN_SESSION_SECRET_LEN,
+    REQUEST_HEADER_SIZE_RANGE,
 };
 
 impl LoadBalancerConfig {
@@ -118,13 +119,9 @@ impl LoadBalancerConfig {
                 self.session_cookie_name
             ));
         }
-        let later = |what: &str| format!("not supported yet ({what} in a later release)");
-        if self.enable_sticky_sessions {
-            err(format!(
-                "enable_sticky_sessions: {}",
-                later("sticky sessions land")
-            ));
-        }
+        let mut session_errors = Vec::new();
+        self.check_sessions(&mut session_errors);
+        session_errors.into_iter().for_each(&mut err);
         let mut tls_errors = Vec::new();
         self.check_tls(&mut tls_errors);
         tls_errors.into_iter().for_each(&mut err);
@@ -170,6 +167,44 @@ impl LoadBalancerConfig {
             Ok(())
         } else {
             Err(ConfigError::from_messages(errors))
+        }
+    }
+
+    /// The session keys: a known store, its secret when it needs one, a sane bound.
+    fn check_sessions(&self, errors: &mut Vec<String>) {
+        let store = self.session_store.as_str();
+        let known = store == "memory" || store == "cookie" || store.starts_with("redis://");
+        if !known {
+            errors.push(format!(
+                "session_store: {store:?}: expected memory, cookie or redis://HOST:PORT/DB"
+            ));
+        }
+        if self.max_sessions == 0 {
+            errors.push("max_sessions: must be at least 1".into());
+        }
+        if self.session_secret.is_some() && self.session_secret_file.is_some() {
+            errors.push(
+                "session_secret: cannot be set together with session_secret_file; set only one"
+                    .into(),
+            );
+        }
+        if let Some(secret) = &self.session_secret {
+            if secret.expose().len() < MIN_SESSION_SECRET_LEN {
+                errors.push(format!(
+                    "session_secret: must be at least {MIN_SESSION_SECRET_LEN} characters"
+                ));
+            }
+        }
+        if self.enable_sticky_sessions
+            && store == "cookie"
+            && self.session_secret.is_none()
+            && self.session_secret_file.is_none()
+        {
+            errors.push(
+                "session_store: cookie needs session_secret or session_secret_file (every \
+                 instance must share the key)"
+                    .into(),
+            );
         }
     }
 

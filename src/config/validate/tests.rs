@@ -88,8 +88,17 @@ fn validation_errors_name_the_key() {
             vec!["tls_listen_port: 9090 is the admin listener's port"],
         ),
         (
-            "enable_sticky_sessions: true\n".into(),
-            vec!["enable_sticky_sessions: not supported yet (sticky sessions land in a later release)"],
+            "enable_sticky_sessions: true\nsession_store: cookie\n".into(),
+            vec!["session_store: cookie needs session_secret or session_secret_file"],
+        ),
+        (
+            "session_store: memcached\n".into(),
+            vec!["session_store: \"memcached\": expected memory, cookie or redis://HOST:PORT/DB"],
+        ),
+        ("max_sessions: 0\n".into(), vec!["max_sessions: must be at least 1"]),
+        (
+            "session_secret: short\n".into(),
+            vec!["session_secret: must be at least 32 characters"],
         ),
         (
             "max_idle_conns_per_host: 5\n".into(),

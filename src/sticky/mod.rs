@@ -1,0 +1,159 @@
+//! Sticky sessions: which backend a client's session cookie pins it to, and where that is kept.
+//!
+//! A [`SessionStore`] turns the cookie's value into a backend id ([`SessionStore::lookup`],
+//! which also slides the session's expiry) and pins a session to a backend
+//! ([`SessionStore::pin`], which returns the cookie value to send). Three stores, chosen by
+//! `session_store:`:
+//!
+//! - [`memory::MemoryStore`] (`memory`, the default): random 128-bit ids in a sharded map with
+//!   sliding expiry, bounded by `max_sessions`; one instance only.
+//! - `cookie`: the cookie itself carries the backend id and expiry under an HMAC, so any number
+//!   of instances sharing the secret agree without shared state.
+//! - `redis://HOST:PORT/DB`: ids in Redis with a TTL, behind a small local cache.
+//!
+//! A cookie the store does not know (unknown, expired, forged, malformed: whatever its bytes) is
+//! a [`Lookup::Miss`], never an error: the request is balanced as if it had none. A store that
+//! cannot answer (Redis down) says [`Lookup::Unavailable`]: the request is balanced too, and the
+//! error is counted. Stores take the time as an argument, so their expiry is tested with an
+//! injected clock.
+//!
+//! The pipeline ([`crate::proxy`]) asks the store before the strategy: a pinned backend that can
+//! take the request gets it; otherwise (unhealthy, breaker open, draining, removed, full) the
+//! request is balanced and the session re-pinned, with a new cookie.
+
+pub mod memory;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+/// What a store knows of a cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A live session pinned to this backend id (its expiry was just extended).
+    Pinned(Arc<str>),
+    /// No such live session: unknown, expired, forged or malformed.
+    Miss,
+    /// The store could not answer in time (counted as a store error).
+    Unavailable,
+}
+
+/// Why a store could not pin a session.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Where sessions live (see the module docs).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// The store's kind for `/health` and metrics: `memory`, `cookie` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// The backend the session in cookie value `token` is pinned to, extending it to
+    /// `now + timeout` (sliding expiry).
+    async fn lookup(&self, token: &str, now: SystemTime) -> Lookup;
+
+    /// Pins a session to `backend` until `now + timeout` and returns the cookie value to send.
+    /// `previous` is the client's current cookie value, if any, which a store may reuse.
+    async fn pin(
+        &self,
+        previous: Option<&str>,
+        backend: &str,
+        now: SystemTime,
+    ) -> Result<String, StoreError>;
+
+    /// Sessions held, when the store knows (memory: exact; Redis: its local cache; cookie:
+    /// `None`, the clients hold them).
+    fn active(&self) -> Option<u64>;
+
+    /// Drops expired sessions (the memory store's cleanup task calls it).
+    fn sweep(&self, _now: SystemTime) {}
+}
+
+/// What the sticky layer counted, for metrics and `/health`.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Requests whose cookie led to their pinned backend.
+    pub hits: AtomicU64,
+    /// Requests with no usable session (no cookie, or one the store does not know).
+    pub misses: AtomicU64,
+    /// Sessions moved to another backend because theirs could not take the request.
+    pub repins: AtomicU64,
+    /// Lookups or pins the store could not answer.
+    pub store_errors: AtomicU64,
+}
+
+impl SessionStats {
+    /// Adds one to `counter`.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(hits, misses, repins, store_errors)` now.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.repins.load(Ordering::Relaxed),
+            self.store_errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `Set-Cookie` for `value`: `HttpOnly; Path=/; Max-Age=…; SameSite=Lax`, and `Secure` on TLS.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{name}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        max_age.as_secs()
+    )
+}
+
+/// Whether `value` can be a cookie value we issued: 1 to 512 visible ASCII bytes without `;`,
+/// `,`, `"`, `\` or spaces. Anything else is a miss without asking the store.
+pub fn plausible_token(value: &[u8]) -> Option<&str> {
+    let ok = !value.is_empty()
+        && value.len() <= 512
+        && value
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'));
+    if ok {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_tokens() {
+        assert_eq!(
+            set_cookie("LB_SESSION_ID", "abc", Duration::from_secs(7200), false),
+            "LB_SESSION_ID=abc; Path=/; Max-Age=7200; HttpOnly; SameSite=Lax"
+        );
+        assert!(set_cookie("S", "x", Duration::from_secs(1), true).ends_with("; Secure"));
+        assert_eq!(plausible_token(b"0123abcdef"), Some("0123abcdef"));
+        for bad in [
+            &b""[..],
+            b"a;b",
+            b"a b",
+            b"\"q\"",
+            b"\xff\xfe",
+            &[b'a'; 513],
+        ] {
+            assert_eq!(plausible_token(bad), None, "{bad:?}");
+        }
+    }
+}
