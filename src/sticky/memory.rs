@@ -58,11 +58,7 @@ impl MemoryStore {
     }
 
     fn new_id(&self) -> Result<u128, StoreError> {
-        let mut bytes = [0u8; 16];
-        self.rng
-            .fill(&mut bytes)
-            .map_err(|_| StoreError("the system's random number generator failed".into()))?;
-        Ok(u128::from_le_bytes(bytes))
+        random_id(&self.rng)
     }
 
     /// Recounts the sessions (after a change of the map's size).
@@ -76,8 +72,16 @@ impl MemoryStore {
     }
 }
 
-/// The id in a cookie value: exactly 32 lower-case hex digits.
-fn parse_id(token: &str) -> Option<u128> {
+/// A new session id: 128 bits from the operating system's CSPRNG (the Redis store's too).
+pub(super) fn random_id(rng: &SystemRandom) -> Result<u128, StoreError> {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes)
+        .map_err(|_| StoreError("the system's random number generator failed".into()))?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
+/// The id in a cookie value: exactly 32 lower-case hex digits (the Redis store's too).
+pub(super) fn parse_id(token: &str) -> Option<u128> {
     if token.len() != 32
         || !token
             .bytes()

@@ -22,6 +22,7 @@
 //! request is balanced and the session re-pinned, with a new cookie.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,12 @@ pub trait SessionStore: Send + Sync {
 
     /// Drops expired sessions (the memory store's cleanup task calls it).
     fn sweep(&self, _now: SystemTime) {}
+
+    /// Whether the store answers now, for `/health` (Redis: false from a failed call until the
+    /// next one that succeeds; the others always answer).
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 /// What the sticky layer counted, for metrics and `/health`.
