@@ -26,6 +26,7 @@ use crate::downstream::ClientLimits;
 use crate::health::{HealthCheckSettings, Thresholds};
 use crate::ratelimit::Limit;
 use crate::retry::{Backoff, RetrySettings};
+use crate::sticky::SessionSettings;
 use crate::tls::CertStore;
 
 /// The validated runtime settings of one load balancer.
@@ -69,6 +70,8 @@ pub struct Settings {
     pub redirect_http_to_https: bool,
     /// Cleartext HTTP/2 with prior knowledge on the plain port.
     pub h2c: bool,
+    /// Sticky sessions, when enabled.
+    pub sessions: Option<SessionSettings>,
     /// Automatic certificates, when `acme` is set (with TLS on).
     pub acme: Option<AcmeSettings>,
 }
@@ -144,6 +147,7 @@ impl TryFrom<&LoadBalancerConfig> for Settings {
             }),
             redirect_http_to_https: cfg.enable_ssl && cfg.redirect_http_to_https,
             h2c: cfg.h2c,
+            sessions: SessionSettings::from_config(cfg).map_err(ConfigError::new)?,
             acme,
             rate_limit: match cfg.rate_limit {
                 None => None,

@@ -216,6 +216,13 @@ fn lower_layers_never_import_higher_ones() {
         ("settings", &["server", "proxy", "admin", "reload"]),
         // reload sits between the pipeline and the wiring: the admin API may trigger it
         ("reload", &["server", "admin"]),
+        // sessions: read by the pipeline, admin and metrics, never the other way round
+        (
+            "sticky",
+            &[
+                "backend", "upstream", "proxy", "server", "admin", "metrics", "settings", "reload",
+            ],
+        ),
         // listener certificates: built from the config, used by settings, reload and server
         (
             "tls",

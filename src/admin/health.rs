@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::json_response;
 use crate::backend::BackendState;
 use crate::health::HealthStatus;
+use crate::sticky::SessionsReport;
 use crate::time::rfc3339;
 use crate::tls::CertInfo;
 
@@ -31,6 +32,26 @@ pub struct HealthReport {
     pub servers: Vec<ServerHealth>,
     /// The TLS listener's certificates (empty when TLS is off).
     pub tls_certificates: Vec<CertificateHealth>,
+    /// The sticky-session store's state, when sticky sessions are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsHealth>,
+}
+
+/// The sticky-session store in `/health`.
+#[derive(Debug, Serialize)]
+pub struct SessionsHealth {
+    /// `memory`, `cookie` or `redis`.
+    pub store: &'static str,
+    /// Sessions held, when the store knows.
+    pub active_sessions: Option<u64>,
+    /// Requests sent to their pinned backend.
+    pub hits: u64,
+    /// Requests without a usable session.
+    pub misses: u64,
+    /// Sessions moved to another backend.
+    pub repins: u64,
+    /// Store calls that failed (Redis unreachable, ...).
+    pub store_errors: u64,
 }
 
 /// One certificate of the TLS listener in `/health`.
@@ -46,6 +67,20 @@ pub struct CertificateHealth {
 
 impl HealthReport {
     /// The report with the TLS listener's `certificates`.
+    /// The report with the sticky-session store's state, when sticky sessions are on.
+    pub fn with_sessions(mut self, report: Option<SessionsReport>) -> Self {
+        self.sessions = report.map(|r| SessionsHealth {
+            store: r.store,
+            active_sessions: r.active,
+            hits: r.hits,
+            misses: r.misses,
+            repins: r.repins,
+            store_errors: r.store_errors,
+        });
+        self
+    }
+
+    /// The report with the TLS listener's certificates.
     pub fn with_certificates(mut self, certificates: &[CertInfo]) -> Self {
         self.tls_certificates = certificates
             .iter()
@@ -120,6 +155,7 @@ pub fn report(backends: &[Arc<BackendState>], now: SystemTime) -> (StatusCode, H
         timestamp: rfc3339(now),
         servers,
         tls_certificates: Vec::new(),
+        sessions: None,
     };
     (code, report)
 }

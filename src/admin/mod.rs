@@ -33,6 +33,7 @@ use crate::backend::BackendSet;
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::sticky::Sessions;
 use crate::tls::{CertInfo, SniResolver};
 
 /// Largest request body the admin API reads.
@@ -53,6 +54,8 @@ pub struct AdminState {
     pub drain_timeout: Duration,
     /// The TLS listener's certificates, when TLS is on (read for `/health` and `/metrics`).
     pub tls: Option<Arc<SniResolver>>,
+    /// Sticky sessions, when on (read for `/health` and `/metrics`).
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 impl AdminState {
@@ -109,7 +112,10 @@ impl AdminApp {
         match (&req.method, req.path.as_str()) {
             (&Method::GET | &Method::HEAD, "/health") => {
                 let (code, report) = health::report(&state.backends.snapshot(), SystemTime::now());
-                json_response(code, &report.with_certificates(&state.certificates()))
+                let report = report
+                    .with_certificates(&state.certificates())
+                    .with_sessions(state.sessions.as_ref().map(|s| s.report()));
+                json_response(code, &report)
             }
             (&Method::GET | &Method::HEAD, "/ready") => health::ready(shutting_down),
             (&Method::GET | &Method::HEAD, "/metrics") => metrics_response(state, req),
@@ -142,9 +148,11 @@ fn metrics_response(state: &AdminState, req: &AdminRequest) -> Response<Vec<u8>>
     if wants_json {
         json_response(StatusCode::OK, &state.metrics.json_snapshot(&backends))
     } else {
-        let text = state
-            .metrics
-            .prometheus_text(&backends, &state.certificates());
+        let text = state.metrics.prometheus_text(
+            &backends,
+            &state.certificates(),
+            state.sessions.as_ref().map(|s| s.report()).as_ref(),
+        );
         let mut resp = Response::new(text.into_bytes());
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,

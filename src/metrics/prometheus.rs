@@ -16,6 +16,7 @@ use super::{HistogramSnapshot, Metrics, CODE_CLASSES, DURATION_BUCKETS};
 use crate::backend::BackendState;
 use crate::breaker::BreakerState;
 use crate::health::HealthStatus;
+use crate::sticky::SessionsReport;
 use crate::tls::CertInfo;
 
 impl Metrics {
@@ -25,6 +26,7 @@ impl Metrics {
         &self,
         backends: &[Arc<BackendState>],
         certificates: &[CertInfo],
+        sessions: Option<&SessionsReport>,
     ) -> String {
         let mut families = self
             .prom
@@ -33,6 +35,9 @@ impl Metrics {
             .unwrap_or_default();
         families.extend(self.backend_families(backends));
         families.extend(certificate_family(certificates));
+        if let Some(report) = sessions {
+            families.extend(session_families(report));
+        }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         match TextEncoder::new().encode_to_string(&families) {
             Ok(text) => text,
@@ -179,6 +184,41 @@ impl Metrics {
         .flatten()
         .collect()
     }
+}
+
+/// The sticky-session families: sessions held (when the store knows), requests by what their
+/// session did, store errors.
+fn session_families(r: &SessionsReport) -> Vec<MetricFamily> {
+    let store = [("store", r.store)];
+    let mut out = Vec::new();
+    if let Some(active) = r.active {
+        out.extend(family(
+            "fulcrum_sessions_active",
+            "Sticky sessions held by the store (the memory store: all of them; Redis: its local \
+             cache).",
+            MetricType::GAUGE,
+            vec![gauge(&store, active as f64)],
+        ));
+    }
+    let requests = [("hit", r.hits), ("miss", r.misses), ("repin", r.repins)]
+        .iter()
+        .map(|(result, n)| counter(&[("result", result), ("store", r.store)], *n))
+        .collect();
+    out.extend(family(
+        "fulcrum_session_requests_total",
+        "Requests by what their sticky session did: hit (sent to its pinned backend), miss (no \
+         usable session: a new one was pinned), repin (its backend could not take it).",
+        MetricType::COUNTER,
+        requests,
+    ));
+    out.extend(family(
+        "fulcrum_session_store_errors_total",
+        "Session store calls that failed or timed out (the request was balanced without its \
+         session).",
+        MetricType::COUNTER,
+        vec![counter(&store, r.store_errors)],
+    ));
+    out
 }
 
 /// `fulcrum_tls_certificate_expiry_timestamp_seconds`: one series per certificate served,

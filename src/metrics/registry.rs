@@ -150,13 +150,13 @@ mod tests {
     fn the_registry_builds() {
         let m = Metrics::new(true, Strategy::RoundRobin);
         assert!(m.prom.is_some());
-        let text = m.prometheus_text(&[], &[]);
+        let text = m.prometheus_text(&[], &[], None);
         let info = format!("fulcrum_build_info{{strategy=\"round_robin\",version=\"{VERSION}\"}}");
         assert_eq!(sample(&text, &info), Some(1.0), "{text}");
         assert!(text.contains("# TYPE fulcrum_start_time_seconds gauge"));
         m.set_strategy(Strategy::LeastConnections);
         m.record_reload(false);
-        let text = m.prometheus_text(&[], &[]);
+        let text = m.prometheus_text(&[], &[], None);
         let info =
             format!("fulcrum_build_info{{strategy=\"least_connections\",version=\"{VERSION}\"}}");
         assert_eq!(sample(&text, &info), Some(1.0), "{text}");
@@ -172,7 +172,7 @@ mod tests {
         );
         m.record_reload(true);
         assert_eq!((m.reloads(true), m.reloads(false)), (1, 1));
-        let text = m.prometheus_text(&[], &[]);
+        let text = m.prometheus_text(&[], &[], None);
         assert_eq!(
             sample(&text, "fulcrum_config_last_reload_successful"),
             Some(1.0)

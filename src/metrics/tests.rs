@@ -109,7 +109,7 @@ fn recorded_requests_show_in_both_formats() {
     assert_eq!(j["servers"]["a"]["health"], "healthy");
     assert_eq!(sb["health"], "unknown");
 
-    let text = m.prometheus_text(&backends, &[]);
+    let text = m.prometheus_text(&backends, &[], None);
     let want = [
         (
             "fulcrum_requests_total{backend=\"a\",code_class=\"2xx\"}",
@@ -243,7 +243,7 @@ fn disabled_metrics_record_nothing() {
     assert_eq!(j["requests_per_second"], 0.0);
     assert_eq!(j["average_response_time"], 0.0);
     assert_eq!(a.stats.finished_by_class(), [0; 6]);
-    let text = m.prometheus_text(&[a], &[]);
+    let text = m.prometheus_text(&[a], &[], None);
     assert_eq!(
         sample(&text, "fulcrum_request_duration_seconds_count"),
         Some(0.0)
@@ -256,22 +256,22 @@ fn a_removed_backend_disappears() {
     let (a, b) = (backend("a", 1), backend("b", 2));
     let m = Metrics::new(true, Strategy::RoundRobin);
     m.record_request(&request(200, 1, Some(&b)));
-    let both = m.prometheus_text(&[a.clone(), b.clone()], &[]);
+    let both = m.prometheus_text(&[a.clone(), b.clone()], &[], None);
     assert!(both.contains("backend=\"b\""));
-    let only_a = m.prometheus_text(std::slice::from_ref(&a), &[]);
+    let only_a = m.prometheus_text(std::slice::from_ref(&a), &[], None);
     assert!(only_a.contains("backend=\"a\""));
     assert!(!only_a.contains("backend=\"b\""), "{only_a}");
     let j = m.json_snapshot(&[a]);
     assert!(j["servers"].get("b").is_none());
     assert_eq!(j["total_requests"], 1, "process totals keep its requests");
-    let none = m.prometheus_text(&[], &[]);
+    let none = m.prometheus_text(&[], &[], None);
     assert!(!none.contains("backend="), "{none}");
 }
 
 #[test]
 fn each_certificate_served_has_its_expiry() {
     let m = Metrics::new(true, Strategy::RoundRobin);
-    let none = m.prometheus_text(&[], &[]);
+    let none = m.prometheus_text(&[], &[], None);
     assert!(!none.contains("fulcrum_tls_certificate_expiry"), "{none}");
     let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
     let certs = [
@@ -288,7 +288,7 @@ fn each_certificate_served_has_its_expiry() {
             not_after: at(1_800_000_000),
         },
     ];
-    let text = m.prometheus_text(&[], &certs);
+    let text = m.prometheus_text(&[], &certs, None);
     let name = "fulcrum_tls_certificate_expiry_timestamp_seconds";
     assert_eq!(
         sample(

@@ -41,6 +41,10 @@ pub struct Ctx {
     /// Time from choosing the backend to its response headers.
     pub(super) upstream_time: Option<Duration>,
     pub(super) refusal: Option<Refusal>,
+    /// The client's session cookie value, if it sent one that could be ours.
+    pub(super) session_token: Option<String>,
+    /// The backend its session was pinned to, if the store knew it.
+    pub(super) pinned: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -61,6 +65,8 @@ impl Ctx {
             retrying_status: false,
             upstream_time: None,
             refusal: None,
+            session_token: None,
+            pinned: None,
         }
     }
 

@@ -33,7 +33,7 @@
 //! in force when it starts and keeps them to its end, so one request never mixes two versions.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -57,6 +57,7 @@ use crate::headers::{
 use crate::metrics::{Metrics, RequestRecord};
 use crate::responses;
 use crate::retry::RetryDecision;
+use crate::sticky::{SessionStats, Sessions};
 use crate::time::rfc3339;
 use crate::upstream::{self, verdict, Attempt, AttemptEnd, Refusal};
 
@@ -68,6 +69,8 @@ pub struct Proxy {
     ids: RequestIds,
     /// The HTTP-01 answers, when ACME is on.
     acme: Option<Arc<Challenges>>,
+    /// Sticky sessions, when on.
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl Proxy {
@@ -85,7 +88,62 @@ impl Proxy {
             settings,
             ids: RequestIds::new(id_prefix),
             acme: None,
+            sessions: None,
         }
+    }
+
+    /// Keeps clients on the backend their session cookie pins them to.
+    pub fn with_sessions(mut self, sessions: Arc<Sessions>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// An attempt at the backend the client's session is pinned to, when it has one and that
+    /// backend can take the request now (healthy, breaker closed, not draining, not full).
+    async fn pinned(
+        &self,
+        sessions: &Sessions,
+        session: &Session,
+        ctx: &mut Ctx,
+        now: Instant,
+    ) -> Option<Attempt> {
+        let (token, backend) = sessions
+            .lookup(session.req_header(), SystemTime::now())
+            .await;
+        ctx.session_token = token;
+        ctx.pinned = backend;
+        let state = self.backends.get(ctx.pinned.as_deref()?)?;
+        upstream::choose_pinned(&state, now)
+    }
+
+    /// After the backend's answer: a session that was not on the backend that answered is
+    /// pinned there (a new client, an unknown cookie, or a failover), with a new cookie.
+    async fn keep_session(
+        &self,
+        sessions: &Sessions,
+        response: &mut ResponseHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let Some(served) = ctx.backend().map(|b| b.id()) else {
+            return Ok(());
+        };
+        let counter = match ctx.pinned.as_deref() {
+            Some(pinned) if pinned == served => {
+                SessionStats::count(&sessions.stats.hits);
+                return Ok(());
+            }
+            Some(_) => &sessions.stats.repins,
+            None => &sessions.stats.misses,
+        };
+        SessionStats::count(counter);
+        let previous = ctx.session_token.as_deref();
+        if let Some(cookie) = sessions
+            .pin(previous, served, ctx.tls, SystemTime::now())
+            .await
+        {
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
     }
 
     /// Answers the ACME HTTP-01 challenges in `challenges` on the plain listener, before
@@ -217,10 +275,17 @@ impl ProxyHttp for Proxy {
             None => {
                 let now = Instant::now();
                 ctx.settings.retry.record_request(now);
-                self.choose(session, ctx, now).map_err(|refusal| {
-                    ctx.refusal = Some(refusal);
-                    Error::explain(ErrorType::HTTPStatus(503), refusal.detail())
-                })?
+                let pinned = match &self.sessions {
+                    Some(sessions) => self.pinned(sessions, session, ctx, now).await,
+                    None => None,
+                };
+                match pinned {
+                    Some(attempt) => attempt,
+                    None => self.choose(session, ctx, now).map_err(|refusal| {
+                        ctx.refusal = Some(refusal);
+                        Error::explain(ErrorType::HTTPStatus(503), refusal.detail())
+                    })?,
+                }
             }
         };
         let mut peer = attempt.state().new_peer();
@@ -359,6 +424,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
             response.insert_header("X-Request-Id", id.clone())?;
+        }
+        if let Some(sessions) = &self.sessions {
+            self.keep_session(sessions, response, ctx).await?;
         }
         Ok(())
     }

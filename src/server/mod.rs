@@ -42,6 +42,7 @@ use crate::proxy::Proxy;
 use crate::reload::{proxy_settings, Live, ReloadOnHangup, Reloader, RunningTls};
 use crate::rng::random_seed;
 use crate::settings::Settings;
+use crate::sticky::{SessionSweeper, Sessions};
 use crate::tls::{listener_settings, SniResolver};
 
 /// A load balancer: configuration plus backends, ready to run.
@@ -246,6 +247,16 @@ impl LoadBalancer {
             live_settings.clone(),
             random_seed(),
         );
+        let sessions = settings.sessions.as_ref().map(|s| {
+            Arc::new(Sessions::new(
+                s.build_store(),
+                s.cookie_name.clone(),
+                s.timeout,
+            ))
+        });
+        if let Some(sessions) = &sessions {
+            proxy = proxy.with_sessions(sessions.clone());
+        }
         // ACME: the proxy answers the challenges the service sets; the service loads the
         // stored certificate into the resolver now, so the first handshake can have it.
         let acme = match (&settings.acme, &tls) {
@@ -303,6 +314,7 @@ impl LoadBalancer {
             reload: Some(reloader.clone()),
             drain_timeout: settings.shutdown_timeout,
             tls: tls.as_ref().map(|(_, resolver)| resolver.clone()),
+            sessions: sessions.clone(),
         });
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&self.admin.to_string());
@@ -329,6 +341,9 @@ impl LoadBalancer {
             server.add_service(background_service("drain", drain));
         }
         server.add_service(admin_service);
+        if let Some(sessions) = sessions {
+            server.add_service(background_service("sessions", SessionSweeper(sessions)));
+        }
         if let Some(acme) = acme {
             server.add_service(acme);
         }

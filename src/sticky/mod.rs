@@ -29,6 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
+
+use crate::config::LoadBalancerConfig;
+use crate::headers::cookie_value;
 
 /// What a store knows of a cookie value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +117,176 @@ impl SessionStats {
             self.repins.load(Ordering::Relaxed),
             self.store_errors.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Which store the configuration asks for, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `memory`, holding at most this many sessions.
+    Memory {
+        /// `max_sessions`.
+        max_sessions: usize,
+    },
+}
+
+/// The sticky settings of a configuration, validated; `None` when sticky sessions are off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `session_cookie_name`.
+    pub cookie_name: String,
+    /// `session_timeout`.
+    pub timeout: Duration,
+    /// `session_store` and its keys.
+    pub store: StoreChoice,
+}
+
+impl SessionSettings {
+    /// The sticky settings `config` asks for; the error names the key.
+    pub fn from_config(config: &LoadBalancerConfig) -> Result<Option<Self>, String> {
+        if !config.enable_sticky_sessions {
+            return Ok(None);
+        }
+        let store = match config.session_store.as_str() {
+            "memory" => StoreChoice::Memory {
+                max_sessions: config.max_sessions,
+            },
+            other => {
+                return Err(format!(
+                    "session_store: {other:?} is not available yet; use memory"
+                ))
+            }
+        };
+        Ok(Some(Self {
+            cookie_name: config.session_cookie_name.clone(),
+            timeout: config.session_timeout,
+            store,
+        }))
+    }
+
+    /// A new store of the chosen kind.
+    pub fn build_store(&self) -> Arc<dyn SessionStore> {
+        match &self.store {
+            StoreChoice::Memory { max_sessions } => {
+                Arc::new(memory::MemoryStore::new(self.timeout, *max_sessions))
+            }
+        }
+    }
+}
+
+/// The sticky layer as the pipeline uses it: a store, the cookie's name and lifetime, and the
+/// counters.
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    cookie_name: String,
+    timeout: Duration,
+    /// What happened to requests and the store so far.
+    pub stats: SessionStats,
+}
+
+/// What the sticky layer reports (`/health`, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionsReport {
+    /// `memory`, `cookie` or `redis`.
+    pub store: &'static str,
+    /// Sessions held, when the store knows.
+    pub active: Option<u64>,
+    /// Requests sent to their pinned backend.
+    pub hits: u64,
+    /// Requests without a usable session.
+    pub misses: u64,
+    /// Sessions moved to another backend.
+    pub repins: u64,
+    /// Store calls that failed.
+    pub store_errors: u64,
+}
+
+impl Sessions {
+    /// Sessions in `store`, carried by cookie `cookie_name`, expiring `timeout` after last use.
+    pub fn new(store: Arc<dyn SessionStore>, cookie_name: String, timeout: Duration) -> Self {
+        Self {
+            store,
+            cookie_name,
+            timeout,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The store (for its cleanup task).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The client's session cookie value, if it could be one of ours, and the backend id its
+    /// session is pinned to, if the store knows it. A store that cannot answer counts an error
+    /// and the request is balanced as if it had no session.
+    pub async fn lookup(
+        &self,
+        req: &RequestHeader,
+        now: SystemTime,
+    ) -> (Option<String>, Option<Arc<str>>) {
+        let Some(token) = cookie_value(req, &self.cookie_name).and_then(plausible_token) else {
+            return (None, None);
+        };
+        let pinned = match self.store.lookup(token, now).await {
+            Lookup::Pinned(backend) => Some(backend),
+            Lookup::Miss => None,
+            Lookup::Unavailable => {
+                SessionStats::count(&self.stats.store_errors);
+                None
+            }
+        };
+        (Some(token.to_string()), pinned)
+    }
+
+    /// Pins the client's session to `backend` and returns the `Set-Cookie` value, or `None`
+    /// (counted) when the store cannot.
+    pub async fn pin(
+        &self,
+        previous: Option<&str>,
+        backend: &str,
+        secure: bool,
+        now: SystemTime,
+    ) -> Option<String> {
+        match self.store.pin(previous, backend, now).await {
+            Ok(value) => Some(set_cookie(&self.cookie_name, &value, self.timeout, secure)),
+            Err(e) => {
+                SessionStats::count(&self.stats.store_errors);
+                log::debug!("session store: cannot pin a session to {backend}: {e}");
+                None
+            }
+        }
+    }
+
+    /// What to report now.
+    pub fn report(&self) -> SessionsReport {
+        let (hits, misses, repins, store_errors) = self.stats.snapshot();
+        SessionsReport {
+            store: self.store.kind(),
+            active: self.store.active(),
+            hits,
+            misses,
+            repins,
+            store_errors,
+        }
+    }
+}
+
+/// Pingora background service dropping expired sessions once a minute (the memory store; the
+/// others have nothing to sweep).
+pub struct SessionSweeper(pub Arc<Sessions>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for SessionSweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => {
+                    self.0.store.sweep(SystemTime::now());
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -131,6 +131,42 @@ fn log_breaker(state: &BackendState, change: Option<BreakerState>) {
     }
 }
 
+/// Why a backend could not take an attempt.
+enum Blocked {
+    /// Unhealthy or draining.
+    Unroutable,
+    /// Its circuit breaker refused.
+    Open,
+    /// At capacity.
+    Full,
+}
+
+/// An attempt at `state` if it can take one now: routable, its breaker admits, under capacity.
+fn admit(state: &Arc<BackendState>, now: Instant) -> Result<Attempt, Blocked> {
+    if !state.is_routable() {
+        return Err(Blocked::Unroutable);
+    }
+    // The breaker first: a refused candidate must not count as a request to its backend.
+    let permit = match &*state.breaker.load() {
+        None => None,
+        Some(breaker) => Some(breaker.try_acquire(now).ok_or(Blocked::Open)?),
+    };
+    // Without a slot the permit drops unreported: a half-open probe slot is released.
+    let guard = InFlightGuard::try_new(state).ok_or(Blocked::Full)?;
+    Ok(Attempt {
+        guard,
+        permit,
+        settled: false,
+        started: now,
+    })
+}
+
+/// An attempt at the backend a client's session is pinned to, if it can take one now (the
+/// same checks as any candidate); `None` sends the request to the strategy.
+pub fn choose_pinned(state: &Arc<BackendState>, now: Instant) -> Option<Attempt> {
+    admit(state, now).ok()
+}
+
 /// Picks a backend for one attempt. `tried` are the backends this request already failed on:
 /// they are avoided; one is taken again only when it is the last routable backend left.
 pub fn choose(
@@ -143,42 +179,37 @@ pub fn choose(
     let full = Cell::new(false);
     let open = Cell::new(false);
     let chosen: RefCell<Option<Attempt>> = RefCell::new(None);
-    let admit = |b: &Backend, allow_tried: bool| -> bool {
+    let candidate = |b: &Backend, allow_tried: bool| -> bool {
         let Some(state) = state_of(b) else {
             return false;
         };
-        if !state.is_routable() || (!allow_tried && tried.iter().any(|t| Arc::ptr_eq(t, state))) {
+        if !allow_tried && tried.iter().any(|t| Arc::ptr_eq(t, state)) {
             return false;
         }
-        // The breaker first: a refused candidate must not count as a request to its backend.
-        let permit = match &*state.breaker.load() {
-            None => None,
-            Some(breaker) => match breaker.try_acquire(now) {
-                Some(p) => Some(p),
-                None => {
-                    open.set(true);
-                    return false;
-                }
-            },
-        };
-        let Some(guard) = InFlightGuard::try_new(state) else {
-            full.set(true);
-            return false; // the permit drops unreported: a half-open probe slot is released
-        };
-        *chosen.borrow_mut() = Some(Attempt {
-            guard,
-            permit,
-            settled: false,
-            started: now,
-        });
-        true
+        match admit(state, now) {
+            Ok(attempt) => {
+                *chosen.borrow_mut() = Some(attempt);
+                true
+            }
+            Err(Blocked::Open) => {
+                open.set(true);
+                false
+            }
+            Err(Blocked::Full) => {
+                full.set(true);
+                false
+            }
+            Err(Blocked::Unroutable) => false,
+        }
     };
     let found = set
-        .select_with(key, steps, |b, _| admit(b, false))
+        .select_with(key, steps, |b, _| candidate(b, false))
         .is_some()
         || (!tried.is_empty()
             && last_one_left(set)
-            && set.select_with(key, steps, |b, _| admit(b, true)).is_some());
+            && set
+                .select_with(key, steps, |b, _| candidate(b, true))
+                .is_some());
     match chosen.into_inner() {
         Some(attempt) if found => Ok(attempt),
         _ if full.get() => Err(Refusal::AllFull),
