@@ -3,7 +3,8 @@
 //! lookup slides the key's TTL and an unused session expires; Redis stopped, hung (SIGSTOP) or
 //! not yet started makes lookups `Unavailable` and pins fail within the timeout, never a hang,
 //! with sessions cached in the last seconds still served; Redis back, the same store works
-//! again. Tool: `redis-server` (apt-get install redis-server).
+//! again. Then through the proxy: two in-process Fulcrum instances on one Redis agree, and serve
+//! every request while it is down. Tool: `redis-server` (apt-get install redis-server).
 
 mod common;
 
@@ -13,9 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::process::free_port;
-use common::{missing_program, tools_present};
-use fulcrum::sticky::redis::{RedisStore, CACHE_TTL, REDIS_TIMEOUT};
+use common::*;
+use fulcrum::server::RunningLoadBalancer;
+use fulcrum::sticky::redis::{RedisStore, RedisUrl, CACHE_TTL, REDIS_TIMEOUT};
 use fulcrum::sticky::{Lookup, SessionStore};
+use fulcrum::Strategy;
 
 /// Longest a call may take when Redis does not answer: the timeout plus scheduling slack.
 const FAST: Duration = Duration::from_millis(400);
@@ -108,7 +111,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn store(url: &str, prefix: &str, timeout: Duration) -> RedisStore {
-    RedisStore::new(url, prefix, timeout).unwrap()
+    RedisStore::new(&RedisUrl::parse(url).unwrap(), prefix, timeout)
 }
 
 fn pinned(backend: &str) -> Lookup {
@@ -355,6 +358,98 @@ fn a_store_made_before_redis_starts_connects_when_it_does() {
         .unwrap();
     assert_eq!(got.as_deref(), Some("web1"));
     assert_eq!(redis.get(&format!("late:{token}")), None);
+}
+
+/// Through the proxy: two Fulcrum instances on one Redis send a client to the same backend
+/// whichever it reaches; with Redis stopped every request is still served (balanced, no new
+/// cookie, store errors counted); with Redis back (empty) the client gets a new session that
+/// both instances agree on again.
+#[test]
+fn two_fulcrum_instances_agree_through_redis_and_serve_while_it_is_down() {
+    if !redis_present() {
+        return;
+    }
+    let port = free_port();
+    let mut redis = Redis::start(port);
+    let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
+    let sticky = || {
+        let pairs: Vec<_> = b.iter().map(|x| (x, 1)).collect();
+        let mut cfg = config(Strategy::RoundRobin, &pairs);
+        cfg.enable_sticky_sessions = true;
+        cfg.session_store = redis.url();
+        cfg.session_store_prefix = "e2e:".into();
+        cfg
+    };
+    let (one, two) = (start(sticky()), start(sticky()));
+    let lbs = [&one, &two];
+
+    let first = get(one.listen_addr(), "/");
+    let cookie = cookie_of(&first).expect("a new client gets a cookie");
+    let home = served_by(&first);
+    for i in 0..20 {
+        let r = with_cookie(lbs[i % 2], &cookie);
+        assert_eq!(served_by(&r), home, "request {i}");
+        assert!(cookie_of(&r).is_none(), "a hit does not reissue the cookie");
+    }
+    let seen = counts(&sequence(two.listen_addr(), 6));
+    assert_eq!(
+        seen.len(),
+        3,
+        "cookieless requests follow the strategy: {seen:?}"
+    );
+    let sessions = |lb: &RunningLoadBalancer| -> serde_json::Value {
+        let health = get(lb.admin_addr(), "/health").body;
+        serde_json::from_str::<serde_json::Value>(&health).unwrap()["sessions"].clone()
+    };
+    assert_eq!(sessions(&two)["store"], "redis");
+    assert_eq!(sessions(&two)["hits"], 10, "{}", sessions(&two));
+
+    // Redis stopped; past the local caches' lifetime every lookup needs it
+    drop(redis);
+    std::thread::sleep(CACHE_TTL + Duration::from_millis(100));
+    let start_down = Instant::now();
+    for i in 0..20 {
+        let r = with_cookie(lbs[i % 2], &cookie);
+        assert_eq!(r.status, 200, "request {i} with Redis down");
+        assert!(cookie_of(&r).is_none(), "no session can be pinned");
+        assert_eq!(get(lbs[i % 2].listen_addr(), "/").status, 200);
+    }
+    let took = start_down.elapsed();
+    assert!(took < Duration::from_secs(3), "40 requests took {took:?}");
+    for lb in lbs {
+        let errors = sessions(lb)["store_errors"].as_u64().unwrap();
+        assert!(errors >= 1, "{}", sessions(lb));
+    }
+
+    // back, empty: the old cookie is unknown, the client gets a new session both agree on
+    redis = Redis::start(port);
+    let renewed = wait_for(
+        &runtime(),
+        "a new session after Redis came back",
+        || async { cookie_of(&with_cookie(&one, &cookie)) },
+        Option::is_some,
+    )
+    .unwrap();
+    let home = served_by(&with_cookie(&one, &renewed));
+    for i in 0..10 {
+        assert_eq!(served_by(&with_cookie(lbs[i % 2], &renewed)), home);
+    }
+    drop(redis);
+}
+
+/// The `name=value` part of a response's `Set-Cookie`.
+fn cookie_of(r: &Resp) -> Option<String> {
+    Some(
+        r.header("set-cookie")?
+            .split(';')
+            .next()?
+            .trim()
+            .to_string(),
+    )
+}
+
+fn with_cookie(lb: &RunningLoadBalancer, cookie: &str) -> Resp {
+    request(lb.listen_addr(), "GET", "/", &[("Cookie", cookie)], None).unwrap()
 }
 
 /// Polls `f` every 50 ms until `done` accepts its output (at most 5 s, else the test fails),

@@ -9,7 +9,8 @@
 //!   sliding expiry, bounded by `max_sessions`; one instance only.
 //! - `cookie`: the cookie itself carries the backend id and expiry under an HMAC, so any number
 //!   of instances sharing the secret agree without shared state.
-//! - `redis://HOST:PORT/DB`: ids in Redis with a TTL, behind a small local cache.
+//! - [`redis::RedisStore`] (`redis://HOST:PORT/DB`): ids in Redis with a sliding TTL, behind a
+//!   small local cache, so several instances agree; never waited on for more than 100 ms.
 //!
 //! A cookie the store does not know (unknown, expired, forged, malformed: whatever its bytes) is
 //! a [`Lookup::Miss`], never an error: the request is balanced as if it had none. A store that
@@ -128,6 +129,13 @@ pub enum StoreChoice {
         /// `max_sessions`.
         max_sessions: usize,
     },
+    /// `redis://HOST:PORT/DB`, keys under `session_store_prefix`.
+    Redis {
+        /// `session_store`, checked.
+        url: redis::RedisUrl,
+        /// `session_store_prefix`.
+        prefix: String,
+    },
 }
 
 /// The sticky settings of a configuration, validated; `None` when sticky sessions are off.
@@ -151,10 +159,14 @@ impl SessionSettings {
             "memory" => StoreChoice::Memory {
                 max_sessions: config.max_sessions,
             },
+            url if url.starts_with("redis") => StoreChoice::Redis {
+                url: redis::RedisUrl::parse(url)?,
+                prefix: config.session_store_prefix.clone(),
+            },
             other => {
                 return Err(format!(
-                    "session_store: {other:?} is not available yet; use memory"
-                ))
+                "session_store: {other:?} is not available yet; use memory or redis://HOST:PORT/DB"
+            ))
             }
         };
         Ok(Some(Self {
@@ -169,6 +181,9 @@ impl SessionSettings {
         match &self.store {
             StoreChoice::Memory { max_sessions } => {
                 Arc::new(memory::MemoryStore::new(self.timeout, *max_sessions))
+            }
+            StoreChoice::Redis { url, prefix } => {
+                Arc::new(redis::RedisStore::new(url, prefix, self.timeout))
             }
         }
     }
@@ -335,6 +350,28 @@ mod tests {
             &[b'a'; 513],
         ] {
             assert_eq!(plausible_token(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_redis_url_chooses_the_redis_store_and_a_bad_one_names_the_key() {
+        let mut cfg = LoadBalancerConfig {
+            enable_sticky_sessions: true,
+            session_store: "redis://127.0.0.1:6379/1".into(),
+            session_store_prefix: "app:".into(),
+            ..LoadBalancerConfig::default()
+        };
+        let settings = SessionSettings::from_config(&cfg).unwrap().unwrap();
+        let StoreChoice::Redis { url, prefix } = &settings.store else {
+            panic!("{settings:?}");
+        };
+        assert_eq!(format!("{url:?}"), "redis://127.0.0.1:6379/1");
+        assert_eq!(prefix, "app:");
+        assert_eq!(settings.build_store().kind(), "redis");
+        for bad in ["redis://:pw@host:port/1", "rediss://:pw@host/1"] {
+            cfg.session_store = bad.into();
+            let e = SessionSettings::from_config(&cfg).unwrap_err();
+            assert!(e.starts_with("session_store: ") && !e.contains("pw"), "{e}");
         }
     }
 }

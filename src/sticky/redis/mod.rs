@@ -7,9 +7,8 @@
 //! (`GETEX key PX ms`, Redis ≥ 6.2).
 //!
 //! The hot path rarely waits for Redis: what Redis answered (and what this instance pinned) is
-//! kept for [`CACHE_TTL`] in a small local cache ([`cache::LocalCache`], at most
-//! [`cache::CAPACITY`] entries, sharded), so a client's burst costs one round trip. The price:
-//! a cache hit does not slide the TTL (the next miss, at most [`CACHE_TTL`] later, does), and a
+//! kept for [`CACHE_TTL`] in a small local cache (`cache::LocalCache`: 4096 entries at most,
+//! sharded), so a client's burst costs one round trip. The price: a cache hit does not slide the TTL (the next miss, at most [`CACHE_TTL`] later, does), and a
 //! re-pin made by another instance is seen here at most [`CACHE_TTL`] late.
 //!
 //! Redis is never waited on for long. Every call is bounded by [`REDIS_TIMEOUT`]; a failure
@@ -70,42 +69,69 @@ pub struct RedisStore {
     down_since: AtomicU64,
 }
 
-/// Checks a `session_store: redis://…` value as a start would, without connecting: a
-/// `redis://` URL with a host, an optional port and an optional database number (a user and
-/// password are allowed). The error names `session_store` and never repeats the password.
-pub fn check_url(url: &str) -> Result<(), String> {
-    open(url).map(|_| ())
+/// A checked `session_store: redis://…` value: a `redis://` URL with a host, an optional port
+/// and an optional database number (a user and password are allowed). Shown and compared
+/// without its password.
+#[derive(Clone)]
+pub struct RedisUrl {
+    client: Client,
+    /// `host:port/db`.
+    target: String,
 }
 
-fn open(url: &str) -> Result<Client, String> {
-    let bad = |why: &str| format!("session_store: not a valid redis://HOST:PORT/DB URL: {why}");
-    if !url.starts_with("redis://") {
-        return Err(bad(
-            "it must start with redis:// (TLS and unix sockets are not supported)",
-        ));
-    }
-    let client = Client::open(url)
-        .map_err(|e| bad(e.to_string().trim_end_matches(" - InvalidClientConfig")))?;
-    match client.get_connection_info().addr() {
-        ConnectionAddr::Tcp(host, _) if !host.is_empty() => Ok(client),
-        _ => Err(bad("no host")),
+impl RedisUrl {
+    /// Checks `url` as a start would, without connecting. The error names `session_store`
+    /// and never repeats the password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("session_store: not a valid redis://HOST:PORT/DB URL: {why}");
+        if !url.starts_with("redis://") {
+            return Err(bad(
+                "it must start with redis:// (TLS and unix sockets are not supported)",
+            ));
+        }
+        let client = Client::open(url)
+            .map_err(|e| bad(e.to_string().trim_end_matches(" - InvalidClientConfig")))?;
+        let info = client.get_connection_info();
+        match info.addr() {
+            ConnectionAddr::Tcp(host, _) if !host.is_empty() => {}
+            _ => return Err(bad("no host")),
+        }
+        let target = format!("{}/{}", info.addr(), info.redis_settings().db());
+        Ok(Self { client, target })
     }
 }
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}", self.target)
+    }
+}
+
+impl PartialEq for RedisUrl {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (
+            self.client.get_connection_info(),
+            other.client.get_connection_info(),
+        );
+        self.target == other.target
+            && a.redis_settings().username() == b.redis_settings().username()
+            && a.redis_settings().password() == b.redis_settings().password()
+    }
+}
+
+impl Eq for RedisUrl {}
 
 impl RedisStore {
     /// A store for `session_store: url` with keys `prefix` + id living `timeout` past their
     /// last use. Does not connect (the first request does, and Redis may be down until then),
-    /// so it needs no runtime. Fails only on a URL [`check_url`] refuses.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = open(url).map_err(StoreError)?;
-        let info = client.get_connection_info();
-        let target = format!("{}/{}", info.addr(), info.redis_settings().db());
+    /// so it needs no runtime.
+    pub fn new(url: &RedisUrl, prefix: &str, timeout: Duration) -> Self {
         let ttl_ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        Ok(Self {
-            client,
-            target,
+        Self {
+            client: url.client.clone(),
+            target: url.target.clone(),
             conn: ArcSwapOption::empty(),
             prefix: prefix.into(),
             ttl_ms,
@@ -114,7 +140,7 @@ impl RedisStore {
             epoch: Instant::now(),
             skip_until: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The Redis key of session `id`.
@@ -327,7 +353,7 @@ mod tests {
             "redis://:s3cret@10.0.0.5:6379/2",
             "redis://fulcrum:s3cret@[::1]:6379",
         ] {
-            assert_eq!(check_url(good), Ok(()), "{good}");
+            assert!(RedisUrl::parse(good).is_ok(), "{good}");
         }
         for bad in [
             "redis://",
@@ -341,11 +367,24 @@ mod tests {
             "memcached://host",
             "redis://:hunter2@host/x",
         ] {
-            let e = check_url(bad).expect_err(bad);
+            let e = RedisUrl::parse(bad).expect_err(bad);
             assert!(e.starts_with("session_store: "), "{bad}: {e}");
             assert!(!e.contains("hunter2"), "{bad}: {e}");
         }
-        assert!(RedisStore::new("redis://", "p:", Duration::from_secs(1)).is_err());
+        let url = RedisUrl::parse("redis://:hunter2@127.0.0.1:6380/2").unwrap();
+        assert_eq!(format!("{url:?}"), "redis://127.0.0.1:6380/2");
+        assert_eq!(
+            url,
+            RedisUrl::parse("redis://:hunter2@127.0.0.1:6380/2").unwrap()
+        );
+        assert_ne!(
+            url,
+            RedisUrl::parse("redis://:other@127.0.0.1:6380/2").unwrap()
+        );
+        assert_ne!(
+            url,
+            RedisUrl::parse("redis://:hunter2@127.0.0.1:6380/3").unwrap()
+        );
     }
 
     #[test]
@@ -357,12 +396,8 @@ mod tests {
             .unwrap()
             .port();
         // made outside any runtime: construction does not connect
-        let store = RedisStore::new(
-            &format!("redis://127.0.0.1:{port}/0"),
-            "t:",
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let store = RedisStore::new(&url, "t:", Duration::from_secs(60));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
