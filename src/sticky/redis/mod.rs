@@ -8,8 +8,9 @@
 //!
 //! The hot path rarely waits for Redis: what Redis answered (and what this instance pinned) is
 //! kept for [`CACHE_TTL`] in a small local cache (`cache::LocalCache`: 4096 entries at most,
-//! sharded), so a client's burst costs one round trip. The price: a cache hit does not slide the TTL (the next miss, at most [`CACHE_TTL`] later, does), and a
-//! re-pin made by another instance is seen here at most [`CACHE_TTL`] late.
+//! sharded), so a client's burst costs one round trip. The price: a cache hit does not slide
+//! the TTL (the next miss, at most [`CACHE_TTL`] later, does), and a re-pin made by another
+//! instance is seen here at most [`CACHE_TTL`] late.
 //!
 //! Redis is never waited on for long. Every call is bounded by [`REDIS_TIMEOUT`]; a failure
 //! makes `lookup` answer [`Lookup::Unavailable`] (the request is balanced as if it had no
