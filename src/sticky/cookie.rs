@@ -31,9 +31,10 @@
 //!
 //! [`SessionStore::lookup`] cannot extend a cookie the client holds, so the store answers
 //! `true` to [`SessionStore::reissue_on_hit`]: on every hit the pipeline calls
-//! [`SessionStore::pin`] for the same backend and sends the new value (one HMAC, about a
-//! microsecond). A client idle for `session_timeout` presents an expired value and is balanced
-//! afresh; a revoked key ends every session it signed at once.
+//! [`SessionStore::pin`] for the same backend and sends the new value. Verifying and re-signing
+//! cost about 0.3 µs each (`cargo bench --bench sessions`), a round-robin pick about as much.
+//! A client idle for `session_timeout` presents an expired value and is balanced afresh; a
+//! revoked key ends every session it signed at once.
 //!
 //! # Keys and rotation
 //!
