@@ -40,8 +40,10 @@
 //!
 //! [`keys_from_config`] reads the keys: `session_secret` (one key), or `session_secret_file`
 //! (one key per line; blank lines and the whitespace around a key are ignored; each at least
-//! [`MIN_SESSION_SECRET_LEN`] bytes; the file at most 64 KiB). The **first key signs, every key
-//! verifies**. To rotate without losing a session:
+//! [`MIN_SESSION_SECRET_LEN`] bytes; the file at most 64 KiB). The file is read when the
+//! settings are built, so each step below takes effect when an instance re-reads it (a
+//! restart, or a reload that rebuilds the store). The **first key signs, every key verifies**.
+//! To rotate without losing a session:
 //!
 //! 1. Add the new key as the *second* line of the file on every instance and reload them:
 //!    each accepts cookies signed with it, but still signs with the old key.
