@@ -7,8 +7,9 @@
 //!
 //! - [`memory::MemoryStore`] (`memory`, the default): random 128-bit ids in a sharded map with
 //!   sliding expiry, bounded by `max_sessions`; one instance only.
-//! - `cookie`: the cookie itself carries the backend id and expiry under an HMAC, so any number
-//!   of instances sharing the secret agree without shared state.
+//! - [`cookie::CookieStore`] (`cookie`): the cookie itself carries the backend id and expiry
+//!   under an HMAC, so any number of instances sharing the secret agree without shared state;
+//!   its expiry slides by a new cookie on every hit ([`SessionStore::reissue_on_hit`]).
 //! - `redis://HOST:PORT/DB`: ids in Redis with a TTL, behind a small local cache.
 //!
 //! A cookie the store does not know (unknown, expired, forged, malformed: whatever its bytes) is
@@ -21,6 +22,7 @@
 //! take the request gets it; otherwise (unhealthy, breaker open, draining, removed, full) the
 //! request is balanced and the session re-pinned, with a new cookie.
 
+pub mod cookie;
 pub mod memory;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +38,8 @@ use crate::headers::cookie_value;
 /// What a store knows of a cookie value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// A live session pinned to this backend id (its expiry was just extended).
+    /// A live session pinned to this backend id (its expiry was just extended, or is to be
+    /// by a new cookie: [`SessionStore::reissue_on_hit`]).
     Pinned(Arc<str>),
     /// No such live session: unknown, expired, forged or malformed.
     Miss,
@@ -63,8 +66,17 @@ pub trait SessionStore: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// The backend the session in cookie value `token` is pinned to, extending it to
-    /// `now + timeout` (sliding expiry).
+    /// `now + timeout` (sliding expiry) when the store holds the expiry (see
+    /// [`SessionStore::reissue_on_hit`] for a store whose cookie holds it).
     async fn lookup(&self, token: &str, now: SystemTime) -> Lookup;
+
+    /// Whether a hit must send the client a new cookie value, from
+    /// `pin(Some(token), backend, now)`, for its session to slide: `true` when the value itself
+    /// carries the expiry (`cookie`), which only a new value can extend; `false` (the default)
+    /// when [`SessionStore::lookup`] extended it in the store, and the value stays the same.
+    fn reissue_on_hit(&self) -> bool {
+        false
+    }
 
     /// Pins a session to `backend` until `now + timeout` and returns the cookie value to send.
     /// `previous` is the client's current cookie value, if any, which a store may reuse.
