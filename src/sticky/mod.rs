@@ -133,6 +133,21 @@ pub enum StoreChoice {
         /// `max_sessions`.
         max_sessions: usize,
     },
+    /// `cookie`, signing with the first key and accepting every one.
+    Cookie {
+        /// From `session_secret` or `session_secret_file`.
+        keys: SessionKeys,
+    },
+}
+
+/// HMAC keys of the cookie store; `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKeys(pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKeys({} keys, redacted)", self.0.len())
+    }
 }
 
 /// The sticky settings of a configuration, validated; `None` when sticky sessions are off.
@@ -156,6 +171,9 @@ impl SessionSettings {
             "memory" => StoreChoice::Memory {
                 max_sessions: config.max_sessions,
             },
+            "cookie" => StoreChoice::Cookie {
+                keys: SessionKeys(cookie::keys_from_config(config).map_err(|e| e.to_string())?),
+            },
             other => {
                 return Err(format!(
                     "session_store: {other:?} is not available yet; use memory"
@@ -170,12 +188,15 @@ impl SessionSettings {
     }
 
     /// A new store of the chosen kind.
-    pub fn build_store(&self) -> Arc<dyn SessionStore> {
-        match &self.store {
+    pub fn build_store(&self) -> Result<Arc<dyn SessionStore>, StoreError> {
+        Ok(match &self.store {
             StoreChoice::Memory { max_sessions } => {
                 Arc::new(memory::MemoryStore::new(self.timeout, *max_sessions))
             }
-        }
+            StoreChoice::Cookie { keys } => {
+                Arc::new(cookie::CookieStore::new(keys.0.clone(), self.timeout)?)
+            }
+        })
     }
 }
 
@@ -260,6 +281,24 @@ impl Sessions {
                 log::debug!("session store: cannot pin a session to {backend}: {e}");
                 None
             }
+        }
+    }
+
+    /// The `Set-Cookie` that keeps a hit's session alive in the browser: the store's new value
+    /// when the value carries the expiry (`cookie`), else the same value with a fresh
+    /// `Max-Age`, since the browser would otherwise drop it `session_timeout` after it was first
+    /// sent, however often it is used.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        backend: &str,
+        secure: bool,
+        now: SystemTime,
+    ) -> Option<String> {
+        if self.store.reissue_on_hit() {
+            self.pin(Some(token), backend, secure, now).await
+        } else {
+            Some(set_cookie(&self.cookie_name, token, self.timeout, secure))
         }
     }
 
