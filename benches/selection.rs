@@ -2,37 +2,18 @@
 //! `LoadBalancer::select_with` (the call the proxy makes, with an accept-all closure) and the
 //! raw selector (`iter(key).next()`). Hashing strategies get a different client IP each pick.
 
-use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
+use common::{backends, keys, KEYS};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use fulcrum::backend::{BackendServer, BackendState};
 use fulcrum::balance::{max_iterations, BalanceConfig, Balancer, Strategy};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
-use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{discovery, Backends, LoadBalancer};
+
+mod common;
 
 const SIZES: [usize; 3] = [3, 100, 1000];
-const KEYS: usize = 1024;
-
-fn backends(n: usize) -> BTreeSet<Backend> {
-    (0..n)
-        .map(|i| {
-            let ip = format!("http://127.0.{}.{}:8080", i / 250, 1 + i % 250);
-            let server = BackendServer::new(format!("b{i}"), ip).with_weight(1 + i as u32 % 3);
-            BackendState::validated(server)
-                .map(|s| s.to_backend())
-                .unwrap_or_else(|e| panic!("{e}"))
-        })
-        .collect()
-}
-
-fn keys() -> Vec<[u8; 4]> {
-    (0..KEYS as u32)
-        .map(|i| (0x0a00_0000 + i * 2_654_435_761).to_be_bytes())
-        .collect()
-}
 
 fn config(strategy: Strategy) -> BalanceConfig {
     BalanceConfig { strategy, seed: 1 }
@@ -87,10 +68,7 @@ fn raw_iter(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::criterion();
     targets = select_with, raw_iter
 }
 criterion_main!(benches);

@@ -51,7 +51,10 @@ fn a_cookie_keeps_the_client_on_its_backend_while_others_rotate() {
     for _ in 0..20 {
         let r = with_cookie(&lb, &format!("other=1; {cookie}"));
         assert_eq!(served_by(&r), home);
-        assert!(issued(&r).is_none(), "a hit does not reissue the cookie");
+        // the same session, its Max-Age restarted: the browser's copy slides like the store's
+        let (again, header) = issued(&r).expect("a hit refreshes the cookie");
+        assert_eq!(again, cookie);
+        assert!(header.contains("Max-Age=7200"), "{header}");
     }
     // cookieless requests keep following round robin
     let seen = counts(&sequence(lb.listen_addr(), 6));
@@ -188,4 +191,36 @@ fn the_cookie_is_secure_on_the_tls_listener() {
     // and plain HTTP on the same instance still gets no Secure
     let (_, header) = issued(&get(lb.listen_addr(), "/")).unwrap();
     assert!(!header.contains("Secure"), "{header}");
+}
+
+#[test]
+fn two_instances_agree_through_the_signed_cookie() {
+    let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
+    let secret = "an-hmac-key-shared-by-every-instance-0123";
+    let signed = |secret: &str| {
+        let mut cfg = sticky_config(&b);
+        cfg.session_store = "cookie".into();
+        cfg.session_secret = Some(fulcrum::config::Secret::new(secret));
+        start(cfg)
+    };
+    let (one, two) = (signed(secret), signed(secret));
+    let first = get(one.listen_addr(), "/");
+    let (cookie, header) = issued(&first).unwrap();
+    assert!(cookie.starts_with(&format!("{COOKIE}=v1.")), "{header}");
+    let home = served_by(&first);
+    for lb in [&one, &two, &one, &two, &two] {
+        let r = with_cookie(lb, &cookie);
+        assert_eq!(served_by(&r), home, "both instances follow the cookie");
+        assert!(issued(&r).is_some(), "a hit re-signs the expiry");
+    }
+    // an instance with another key does not believe it: balanced, and a cookie of its own
+    let stranger = signed("another-key-that-no-one-else-knows-0123456");
+    let r = with_cookie(&stranger, &cookie);
+    assert_eq!(r.status, 200);
+    let (mine, _) = issued(&r).unwrap();
+    assert_ne!(mine, cookie);
+    let health: serde_json::Value =
+        serde_json::from_str(&get(stranger.admin_addr(), "/health").body).unwrap();
+    assert_eq!(health["sessions"]["store"], "cookie");
+    assert_eq!(health["sessions"]["misses"], 1);
 }

@@ -127,20 +127,21 @@ impl Proxy {
         let Some(served) = ctx.backend().map(|b| b.id()) else {
             return Ok(());
         };
-        let counter = match ctx.pinned.as_deref() {
-            Some(pinned) if pinned == served => {
+        let now = SystemTime::now();
+        let counter = match (ctx.pinned.as_deref(), ctx.session_token.as_deref()) {
+            (Some(pinned), Some(token)) if pinned == served => {
                 SessionStats::count(&sessions.stats.hits);
+                if let Some(cookie) = sessions.refresh(token, served, ctx.tls, now).await {
+                    response.append_header(http::header::SET_COOKIE, cookie)?;
+                }
                 return Ok(());
             }
-            Some(_) => &sessions.stats.repins,
-            None => &sessions.stats.misses,
+            (Some(_), _) => &sessions.stats.repins,
+            (None, _) => &sessions.stats.misses,
         };
         SessionStats::count(counter);
         let previous = ctx.session_token.as_deref();
-        if let Some(cookie) = sessions
-            .pin(previous, served, ctx.tls, SystemTime::now())
-            .await
-        {
+        if let Some(cookie) = sessions.pin(previous, served, ctx.tls, now).await {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         Ok(())

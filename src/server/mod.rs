@@ -33,7 +33,7 @@ use crate::acme::{AcmeService, Challenges};
 use crate::admin::{AdminApp, AdminState};
 use crate::backend::{block_on, BackendServer, BackendSet, SetError};
 use crate::balance::{BalanceConfig, Balancer};
-use crate::config::LoadBalancerConfig;
+use crate::config::{ConfigError, LoadBalancerConfig};
 use crate::downstream::{CountedApp, GuardedApp};
 use crate::drain::{DrainService, DrainingSignal, OpenConnections};
 use crate::health::{ActiveHealthCheck, HealthService};
@@ -247,13 +247,16 @@ impl LoadBalancer {
             live_settings.clone(),
             random_seed(),
         );
-        let sessions = settings.sessions.as_ref().map(|s| {
-            Arc::new(Sessions::new(
-                s.build_store(),
+        let sessions = match &settings.sessions {
+            Some(s) => Some(Arc::new(Sessions::new(
+                s.build_store().map_err(|e| {
+                    StartError::Config(ConfigError::new(format!("session_store: {e}")))
+                })?,
                 s.cookie_name.clone(),
                 s.timeout,
-            ))
-        });
+            ))),
+            None => None,
+        };
         if let Some(sessions) = &sessions {
             proxy = proxy.with_sessions(sessions.clone());
         }

@@ -7,8 +7,9 @@
 //!
 //! - [`memory::MemoryStore`] (`memory`, the default): random 128-bit ids in a sharded map with
 //!   sliding expiry, bounded by `max_sessions`; one instance only.
-//! - `cookie`: the cookie itself carries the backend id and expiry under an HMAC, so any number
-//!   of instances sharing the secret agree without shared state.
+//! - [`cookie::CookieStore`] (`cookie`): the cookie itself carries the backend id and expiry
+//!   under an HMAC, so any number of instances sharing the secret agree without shared state;
+//!   its expiry slides by a new cookie on every hit ([`SessionStore::reissue_on_hit`]).
 //! - [`redis::RedisStore`] (`redis://HOST:PORT/DB`): ids in Redis with a sliding TTL, behind a
 //!   small local cache, so several instances agree; never waited on for more than 100 ms.
 //!
@@ -22,6 +23,7 @@
 //! take the request gets it; otherwise (unhealthy, breaker open, draining, removed, full) the
 //! request is balanced and the session re-pinned, with a new cookie.
 
+pub mod cookie;
 pub mod memory;
 pub mod redis;
 
@@ -38,7 +40,8 @@ use crate::headers::cookie_value;
 /// What a store knows of a cookie value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// A live session pinned to this backend id (its expiry was just extended).
+    /// A live session pinned to this backend id (its expiry was just extended, or is to be
+    /// by a new cookie: [`SessionStore::reissue_on_hit`]).
     Pinned(Arc<str>),
     /// No such live session: unknown, expired, forged or malformed.
     Miss,
@@ -65,8 +68,17 @@ pub trait SessionStore: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// The backend the session in cookie value `token` is pinned to, extending it to
-    /// `now + timeout` (sliding expiry).
+    /// `now + timeout` (sliding expiry) when the store holds the expiry (see
+    /// [`SessionStore::reissue_on_hit`] for a store whose cookie holds it).
     async fn lookup(&self, token: &str, now: SystemTime) -> Lookup;
+
+    /// Whether a hit must send the client a new cookie value, from
+    /// `pin(Some(token), backend, now)`, for its session to slide: `true` when the value itself
+    /// carries the expiry (`cookie`), which only a new value can extend; `false` (the default)
+    /// when [`SessionStore::lookup`] extended it in the store, and the value stays the same.
+    fn reissue_on_hit(&self) -> bool {
+        false
+    }
 
     /// Pins a session to `backend` until `now + timeout` and returns the cookie value to send.
     /// `previous` is the client's current cookie value, if any, which a store may reuse.
@@ -129,6 +141,11 @@ pub enum StoreChoice {
         /// `max_sessions`.
         max_sessions: usize,
     },
+    /// `cookie`, signing with the first key and accepting every one.
+    Cookie {
+        /// From `session_secret` or `session_secret_file`.
+        keys: SessionKeys,
+    },
     /// `redis://HOST:PORT/DB`, keys under `session_store_prefix`.
     Redis {
         /// `session_store`, checked.
@@ -136,6 +153,16 @@ pub enum StoreChoice {
         /// `session_store_prefix`.
         prefix: String,
     },
+}
+
+/// HMAC keys of the cookie store; `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKeys(pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKeys({} keys, redacted)", self.0.len())
+    }
 }
 
 /// The sticky settings of a configuration, validated; `None` when sticky sessions are off.
@@ -159,14 +186,17 @@ impl SessionSettings {
             "memory" => StoreChoice::Memory {
                 max_sessions: config.max_sessions,
             },
+            "cookie" => StoreChoice::Cookie {
+                keys: SessionKeys(cookie::keys_from_config(config).map_err(|e| e.to_string())?),
+            },
             url if url.starts_with("redis") => StoreChoice::Redis {
                 url: redis::RedisUrl::parse(url)?,
                 prefix: config.session_store_prefix.clone(),
             },
             other => {
                 return Err(format!(
-                "session_store: {other:?} is not available yet; use memory or redis://HOST:PORT/DB"
-            ))
+                    "session_store: {other:?}: expected memory, cookie or redis://HOST:PORT/DB"
+                ))
             }
         };
         Ok(Some(Self {
@@ -177,15 +207,18 @@ impl SessionSettings {
     }
 
     /// A new store of the chosen kind.
-    pub fn build_store(&self) -> Arc<dyn SessionStore> {
-        match &self.store {
+    pub fn build_store(&self) -> Result<Arc<dyn SessionStore>, StoreError> {
+        Ok(match &self.store {
             StoreChoice::Memory { max_sessions } => {
                 Arc::new(memory::MemoryStore::new(self.timeout, *max_sessions))
+            }
+            StoreChoice::Cookie { keys } => {
+                Arc::new(cookie::CookieStore::new(keys.0.clone(), self.timeout)?)
             }
             StoreChoice::Redis { url, prefix } => {
                 Arc::new(redis::RedisStore::new(url, prefix, self.timeout))
             }
-        }
+        })
     }
 }
 
@@ -270,6 +303,24 @@ impl Sessions {
                 log::debug!("session store: cannot pin a session to {backend}: {e}");
                 None
             }
+        }
+    }
+
+    /// The `Set-Cookie` that keeps a hit's session alive in the browser: the store's new value
+    /// when the value carries the expiry (`cookie`), else the same value with a fresh
+    /// `Max-Age`, since the browser would otherwise drop it `session_timeout` after it was first
+    /// sent, however often it is used.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        backend: &str,
+        secure: bool,
+        now: SystemTime,
+    ) -> Option<String> {
+        if self.store.reissue_on_hit() {
+            self.pin(Some(token), backend, secure, now).await
+        } else {
+            Some(set_cookie(&self.cookie_name, token, self.timeout, secure))
         }
     }
 
@@ -367,7 +418,7 @@ mod tests {
         };
         assert_eq!(format!("{url:?}"), "redis://127.0.0.1:6379/1");
         assert_eq!(prefix, "app:");
-        assert_eq!(settings.build_store().kind(), "redis");
+        assert_eq!(settings.build_store().unwrap().kind(), "redis");
         for bad in ["redis://:pw@host:port/1", "rediss://:pw@host/1"] {
             cfg.session_store = bad.into();
             let e = SessionSettings::from_config(&cfg).unwrap_err();
