@@ -6,7 +6,9 @@
 //! - `memory_hit`, `memory_miss`: the memory store holding 10,000 sessions, looking
 //!   up live ids and well-formed unknown ones;
 //! - `cookie_verify_hit`: the signed cookie store verifying a live value (base64 decode and one
-//!   HMAC-SHA256); `cookie_reissue`: signing the new value every cookie hit sends back.
+//!   HMAC-SHA256); `cookie_reissue`: signing the new value every cookie hit sends back;
+//! - `redis_cache_hit`: the Redis store answering from its local cache (a `redis-server` started
+//!   here takes the pins; skipped without one).
 //!
 //! Each lookup cycles through 1,024 values, goes through the `SessionStore` trait object (its
 //! boxed future included) and is polled once: a local lookup never waits, and one that did
@@ -25,6 +27,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use fulcrum::balance::{max_iterations, BalanceConfig, Balancer, Strategy};
 use fulcrum::sticky::cookie::CookieStore;
 use fulcrum::sticky::memory::MemoryStore;
+use fulcrum::sticky::redis::{RedisStore, RedisUrl};
 use fulcrum::sticky::{Lookup, SessionStore};
 use pingora_load_balancing::{discovery, Backends, LoadBalancer};
 
@@ -126,8 +129,70 @@ fn cookie(group: &mut Group) {
     });
 }
 
-// The Redis store's local-cache hit: one more function `redis_cache_hit(group: &mut Group)`
-// building the store (its cache warmed by `pin`) and calling `lookups`, listed below.
+/// The Redis store answering from its local cache (what a client's second request within 2 s
+/// costs): a real `redis-server` on a free port takes the pins that warm the cache, then the
+/// lookups never reach it. Skipped, with a line saying so, without `redis-server`.
+fn redis_cache_hit(group: &mut Group) {
+    let Some(server) = RedisServer::start() else {
+        eprintln!("session_lookup/redis_cache_hit: skipped, no redis-server on PATH");
+        return;
+    };
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{}/0", server.port))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::new(&url, "bench:", TIMEOUT);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let now = SystemTime::now();
+    let values: Vec<String> = rt.block_on(async {
+        let mut values = Vec::with_capacity(KEYS);
+        for i in 0..KEYS {
+            let pin = store.pin(None, &format!("b{}", i % 3), now).await;
+            values.push(pin.unwrap_or_else(|e| panic!("{e}")));
+        }
+        values
+    });
+    let hit = Lookup::Pinned("b0".into());
+    lookups(group, "redis_cache_hit", &store, &values, hit);
+}
+
+/// A `redis-server` on a free 127.0.0.1 port, without persistence, killed on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen on port {port} within 2 s");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Every session bench in one group, so criterion reports them side by side.
 fn sessions(c: &mut Criterion) {
@@ -135,6 +200,7 @@ fn sessions(c: &mut Criterion) {
     plain_pick(&mut group);
     memory(&mut group);
     cookie(&mut group);
+    redis_cache_hit(&mut group);
     group.finish();
 }
 

@@ -389,7 +389,12 @@ fn two_fulcrum_instances_agree_through_redis_and_serve_while_it_is_down() {
     for i in 0..20 {
         let r = with_cookie(lbs[i % 2], &cookie);
         assert_eq!(served_by(&r), home, "request {i}");
-        assert!(cookie_of(&r).is_none(), "a hit does not reissue the cookie");
+        let refreshed = cookie_of(&r);
+        assert_eq!(
+            refreshed,
+            Some(cookie.clone()),
+            "a hit refreshes the same cookie"
+        );
     }
     let seen = counts(&sequence(two.listen_addr(), 6));
     assert_eq!(
@@ -430,6 +435,7 @@ fn two_fulcrum_instances_agree_through_redis_and_serve_while_it_is_down() {
         Option::is_some,
     )
     .unwrap();
+    assert_ne!(renewed, cookie, "Redis came back empty: a new session");
     let home = served_by(&with_cookie(&one, &renewed));
     for i in 0..10 {
         assert_eq!(served_by(&with_cookie(lbs[i % 2], &renewed)), home);
