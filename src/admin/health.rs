@@ -52,6 +52,8 @@ pub struct SessionsHealth {
     pub repins: u64,
     /// Store calls that failed (Redis unreachable, ...).
     pub store_errors: u64,
+    /// Whether the store answered its last call (Redis); memory and cookie always do.
+    pub reachable: bool,
 }
 
 /// One certificate of the TLS listener in `/health`.
@@ -76,6 +78,7 @@ impl HealthReport {
             misses: r.misses,
             repins: r.repins,
             store_errors: r.store_errors,
+            reachable: r.reachable,
         });
         self
     }

@@ -247,6 +247,8 @@ pub struct SessionsReport {
     pub repins: u64,
     /// Store calls that failed.
     pub store_errors: u64,
+    /// Whether the store answered its last call (always true for memory and cookie).
+    pub reachable: bool,
 }
 
 impl Sessions {
@@ -334,6 +336,7 @@ impl Sessions {
             misses,
             repins,
             store_errors,
+            reachable: self.store.reachable(),
         }
     }
 }

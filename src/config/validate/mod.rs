@@ -175,8 +175,13 @@ impl LoadBalancerConfig {
         let store = self.session_store.as_str();
         let known = store == "memory" || store == "cookie" || store.starts_with("redis://");
         if !known {
+            // a URL may hold a password: show only what comes before its "//"
+            let shown = match store.split_once("//") {
+                Some((scheme, _)) => format!("{scheme}//..."),
+                None => format!("{store:?}"),
+            };
             errors.push(format!(
-                "session_store: {store:?}: expected memory, cookie or redis://HOST:PORT/DB"
+                "session_store: {shown}: expected memory, cookie or redis://HOST:PORT/DB"
             ));
         }
         if self.max_sessions == 0 {

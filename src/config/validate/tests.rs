@@ -95,6 +95,11 @@ fn validation_errors_name_the_key() {
             "session_store: memcached\n".into(),
             vec!["session_store: \"memcached\": expected memory, cookie or redis://HOST:PORT/DB"],
         ),
+        (
+            // never echo what may be a password
+            "session_store: \"rediss://:hunter2@cache:6380/0\"\n".into(),
+            vec!["session_store: rediss://...: expected memory, cookie or redis://"],
+        ),
         ("max_sessions: 0\n".into(), vec!["max_sessions: must be at least 1"]),
         (
             "session_secret: short\n".into(),
@@ -228,4 +233,11 @@ fn resilience_key_errors_name_the_key() {
     // Breakers are supported now.
     let c = LoadBalancerConfig::from_yaml_str("circuit_breaker_enabled: true").unwrap();
     assert!(c.circuit_breaker_enabled);
+}
+
+#[test]
+fn a_store_url_with_a_password_is_never_echoed() {
+    let yaml = "session_store: \"rediss://:hunter2@cache:6380/0\"\n";
+    let errors = errors_of(LoadBalancerConfig::from_yaml_str(yaml));
+    assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:?}");
 }
