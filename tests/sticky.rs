@@ -224,3 +224,44 @@ fn two_instances_agree_through_the_signed_cookie() {
     assert_eq!(health["sessions"]["store"], "cookie");
     assert_eq!(health["sessions"]["misses"], 1);
 }
+
+#[test]
+fn ip_hash_still_decides_for_clients_without_a_session() {
+    let b = backends(&[("a", 0), ("b", 0), ("c", 0)]);
+    let mut cfg = sticky_config(&b);
+    cfg.strategy = Strategy::IpHash;
+    let lb = start(cfg);
+    // cookieless: each source address keeps its backend by hash, session or not
+    let sources: Vec<std::net::IpAddr> = (2..12)
+        .map(|i| format!("127.0.0.{i}").parse().unwrap())
+        .collect();
+    let mut by_source = Vec::new();
+    for ip in &sources {
+        let first = served_by(&get_from(lb.listen_addr(), *ip));
+        for _ in 0..3 {
+            assert_eq!(served_by(&get_from(lb.listen_addr(), *ip)), first, "{ip}");
+        }
+        by_source.push(first);
+    }
+    by_source.sort();
+    by_source.dedup();
+    assert!(
+        by_source.len() >= 2,
+        "the hash spreads sources: {by_source:?}"
+    );
+    // a session moves with the client whatever its address
+    let r = get_from(lb.listen_addr(), sources[0]);
+    let (cookie, _) = issued(&r).unwrap();
+    let home = served_by(&r);
+    for ip in &sources {
+        let r = request(
+            lb.listen_addr(),
+            "GET",
+            "/",
+            &[("Cookie", &cookie)],
+            Some(*ip),
+        )
+        .unwrap();
+        assert_eq!(served_by(&r), home, "from {ip}");
+    }
+}
