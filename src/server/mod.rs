@@ -195,6 +195,13 @@ impl LoadBalancer {
             .map_err(StartError::io("start the server thread"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(listen).is_err() && Instant::now() < deadline {
+            if thread.is_finished() {
+                // pingora could not bind or start: say so instead of returning a dead handle
+                return Err(StartError::Io {
+                    doing: format!("start the server on {listen}"),
+                    source: std::io::Error::other("the server thread ended while starting"),
+                });
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(RunningLoadBalancer {
@@ -414,12 +421,34 @@ fn remove_blocking(
     }
 }
 
-/// Replaces port 0 by a port that is free now. (Pingora binds listeners itself, by address.)
+/// Replaces port 0 by a port that is free now. (Pingora binds listeners itself, by address, so
+/// the port is free again until it does.) A port this process handed out before is never
+/// handed out again: two load balancers started at once in one process (tests, embedders)
+/// would otherwise race for the same port between this call and pingora's bind.
 fn reserve_port(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    static HANDED_OUT: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::new());
     if addr.port() != 0 {
         return Ok(addr);
     }
-    TcpListener::bind(addr)
-        .and_then(|l| l.local_addr())
-        .map_err(StartError::io(format!("find a free port on {}", addr.ip())))
+    let mut handed = match HANDED_OUT.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let mut held = Vec::new(); // ports seen before stay bound, so the OS offers others
+    for _ in 0..64 {
+        let listener = TcpListener::bind(addr)
+            .map_err(StartError::io(format!("find a free port on {}", addr.ip())))?;
+        let found = listener
+            .local_addr()
+            .map_err(StartError::io(format!("find a free port on {}", addr.ip())))?;
+        if !handed.contains(&found) {
+            handed.push(found);
+            return Ok(found);
+        }
+        held.push(listener);
+    }
+    Err(StartError::Io {
+        doing: format!("find a free port on {}", addr.ip()),
+        source: std::io::Error::other("every port offered was handed out before"),
+    })
 }
