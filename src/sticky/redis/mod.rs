@@ -35,6 +35,7 @@ use ring::rand::SystemRandom;
 
 use super::memory::{parse_id, random_id};
 use super::{Lookup, SessionStore, StoreError};
+use crate::histogram::nanos;
 use cache::LocalCache;
 
 /// Longest a request waits for one Redis call (a round trip on a LAN takes well under 1 ms).
@@ -153,7 +154,7 @@ impl RedisStore {
     }
 
     fn nanos(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.epoch.elapsed())
     }
 
     /// Whether this request may ask Redis: always while it answers; after a failure, only the
@@ -264,10 +265,6 @@ enum Failure {
     WrongType,
     /// Redis did not answer in time, or with an error: an outage.
     Down(String),
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
