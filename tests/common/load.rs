@@ -38,6 +38,19 @@ pub struct PhaseStats {
 }
 
 impl PhaseStats {
+    /// Fails (showing the first failures and `log`) unless every request was answered 200.
+    #[allow(dead_code)] // not every test binary that includes this module calls it
+    pub fn assert_all_answered(&self, log: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} requests failed, first ones: {:#?}\n{log}",
+            self.failures.len(),
+            self.requests,
+            &self.failures[..self.failures.len().min(10)],
+        );
+        assert_eq!(self.ok, self.requests);
+    }
+
     fn add(&mut self, other: &PhaseStats) {
         self.requests += other.requests;
         self.ok += other.ok;
